@@ -1,0 +1,109 @@
+"""`LuneConfig`: the unlearning knobs on top of `transformers.TrainingArguments`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .objectives import OBJECTIVES, RETAIN_LOSSES
+
+
+@dataclass
+class LuneConfig(TrainingArguments):
+    r"""
+    Configuration for [`LuneTrainer`]: every field of `transformers.TrainingArguments` plus the unlearning ones.
+
+    Defaults that differ from `TrainingArguments`: `learning_rate=2e-4`, `num_train_epochs=5`,
+    `lr_scheduler_type="cosine"`, `warmup_steps=0.05` (5% of the steps), `per_device_train_batch_size=4`,
+    `logging_steps=5`, `save_strategy="no"`, `remove_unused_columns=False` (the collator needs every column).
+    These are the LUNE paper's LoRA settings; they leave a model that has nothing to forget intact.
+    """
+
+    # ---- objective -----------------------------------------------------------------------------
+    objective: str = field(
+        default="lune",
+        metadata={
+            "help": "Unlearning objective: " + ", ".join(OBJECTIVES) + ". `lune` (default) trains on negative / "
+            "replacement answers (paper Eq. 4).",
+        },
+    )
+    beta: float = field(default=0.1, metadata={"help": "Inverse temperature of npo, simnpo and idk_dpo."})
+    delta: float = field(default=0.0, metadata={"help": "Margin subtracted from the per-token NLL in simnpo."})
+    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term in the total loss."})
+    retain_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the retain term (used only when a retain set is given)."}
+    )
+    retain_loss: str = field(
+        default="nll",
+        metadata={
+            "help": "Retain term when a retain set is given: `nll` (keep its answers likely), `kl` (stay close to "
+            "the model before unlearning, KL(ref || theta) on the retain answers) or `none`.",
+        },
+    )
+    max_length: int = field(
+        default=512,
+        metadata={"help": "Maximum tokens of prompt + answer. Answers are cut to fit; a prompt that leaves no room "
+                  "for its answer is an error."},
+    )
+    # ---- negative targets ------------------------------------------------------------------------
+    replacement_column: str = field(
+        default="replacement",
+        metadata={"help": "Column of the forget set holding the answer to give instead (a refusal or a "
+                  "counterfactual). Rows without it get a refusal sentence."},
+    )
+    refusals: list[str] | None = field(
+        default=None,
+        metadata={"help": "Refusal sentences used as negative targets for forget rows without a replacement. "
+                  "Default: the sentences shipped in `lune_hf/resources/refusals.txt`."},
+    )
+    # ---- LoRA (used when the model is not already a PeftModel and no `peft_config` is passed) ----
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (paper: 16)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (paper: 16)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (paper: 0.05)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules that get adapters. Default: every attention and MLP projection (`all-linear`)."},
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is an id."},
+    )
+    # ---- TrainingArguments defaults that suit unlearning ----------------------------------------
+    learning_rate: float = field(default=2e-4, metadata={"help": "Initial AdamW learning rate (paper: 2e-4)."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(
+        default=0.05, metadata={"help": "Warm-up: steps, or a fraction of the total below 1 (paper: 5%)."}
+    )
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Forget rows per device and step."})
+    logging_steps: float = field(default=5, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy (`no`, `steps`, `epoch`)."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs the forget, replacement and retain columns."}
+    )
+
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"Unknown objective {self.objective!r}. Valid objectives: {', '.join(OBJECTIVES)}."
+            )
+        if self.retain_loss is None:
+            self.retain_loss = "none"
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise ValueError(f"Unknown retain_loss {self.retain_loss!r}. Valid: {', '.join(RETAIN_LOSSES)}.")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}.")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}.")
+        if self.refusals is not None and not [r for r in self.refusals if r.strip()]:
+            raise ValueError("refusals is an empty list: give at least one sentence or leave it unset.")
+        super().__post_init__()
+
+    @property
+    def spec(self):
+        """The [`ObjectiveSpec`] of the chosen objective."""
+        return OBJECTIVES[self.objective]

@@ -1,0 +1,114 @@
+"""Batched evaluation routines: teacher-forced answer scoring and greedy generation.
+
+Both work on any causal LM (a `PeftModel` included) and any tokenizer; prompts may be strings or
+chat message lists. Generation pads on the left and runs `model.generate` once per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import string
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from .data import pad, prompt_ids, tokenize_example
+from .objectives import IGNORE_INDEX, token_logprobs
+
+
+def _batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Put the model in eval mode for the duration, then restore its training flag."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def score_answers(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Any],
+    answers: Sequence[Any],
+    *,
+    batch_size: int = 32,
+    max_length: int = 512,
+    progress: bool = False,
+) -> list[list[float]]:
+    """Per-token log-probabilities of each answer given its prompt (teacher forcing)."""
+    examples = [
+        tokenize_example(tokenizer, p, a, max_length, f"row {i}")
+        for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
+    ]
+    device = _device(model)
+    out: list[list[float]] = []
+    with eval_mode(model):
+        for sl in tqdm(list(_batches(len(examples), batch_size)), desc="scoring", disable=not progress):
+            chunk = examples[sl]
+            ids = pad([e["input_ids"] for e in chunk], tokenizer.pad_token_id).to(device)
+            mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0).to(device)
+            labels = pad([e["labels"] for e in chunk], IGNORE_INDEX).to(device)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            logps, answer_mask = token_logprobs(logits, labels)
+            for row, row_mask in zip(logps.cpu(), answer_mask.cpu(), strict=True):
+                out.append(row[row_mask].tolist())
+    return out
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Any],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers to each prompt, decoded without special tokens."""
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    device = _device(model)
+    answers: list[str] = []
+    eos = tokenizer.eos_token_id
+    with eval_mode(model):
+        for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="generating", disable=not progress):
+            chunk = encoded[sl]
+            ids = pad(chunk, tokenizer.pad_token_id, side="left").to(device)
+            mask = pad([[1] * len(c) for c in chunk], 0, side="left").to(device)
+            generated = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+            )
+            new_tokens = generated[:, ids.shape[1]:]
+            answers.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return answers
+
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and articles, squeeze spaces (SQuAD-style)."""
+    text = _PUNCT.sub(" ", text.lower())
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())

@@ -1,0 +1,226 @@
+"""Unlearning objectives as pure functions of logits, labels and per-sequence log-likelihoods.
+
+Every loss here is a *per-example mean*: each sequence's contribution is computed on its own and
+the batch is averaged. Results therefore do not depend on how examples are split into micro-batches,
+gradient-accumulation steps or processes (the Trainer divides by the accumulation steps).
+
+Notation: ``l(y|x)`` is the summed negative log-likelihood of the answer tokens (prompt tokens carry
+the label ``-100`` and are ignored), ``|y|`` the number of answer tokens, ``ref`` the model before
+unlearning (with LoRA: the same weights with the adapter disabled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Align next-token logits with labels; return (logits [N, V] at answer positions, targets [N], mask [B, T-1])."""
+    logits = logits[:, :-1, :]
+    labels = labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    # Only answer positions go through log-softmax: the vocabulary-sized tensor is never built for prompts.
+    return logits[mask].float(), labels[mask], mask
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of every label token, shape [B, T-1] (0 where masked), and the boolean answer mask."""
+    sel_logits, targets, mask = _shift(logits, labels)
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    if targets.numel():
+        out[mask] = sel_logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return out, mask
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer NLL ``l(y|x)`` per sequence [B] and the number of answer tokens ``|y|`` per sequence [B]."""
+    logps, mask = token_logprobs(logits, labels)
+    return -logps.sum(-1), mask.sum(-1)
+
+
+def _per_sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average token values within each sequence, then across sequences."""
+    counts = mask.sum(-1).clamp(min=1)
+    return ((values * mask).sum(-1) / counts).mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# Forget terms
+# --------------------------------------------------------------------------------------------------
+
+
+def nll(nll_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """Mean over sequences of the per-token NLL ``l(y|x) / |y|``: the LUNE / IdK loss on replacement targets."""
+    return (nll_sum / n_tokens.clamp(min=1)).mean()
+
+
+def gradient_ascent(nll_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """Negated NLL of the forget answers: pushes their likelihood down without bound."""
+    return -nll(nll_sum, n_tokens)
+
+
+def npo(nll_sum: torch.Tensor, ref_nll_sum: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative Preference Optimization: ``-(2/beta) mean log sigmoid(beta * (l_theta - l_ref))``."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll_sum - ref_nll_sum)).mean()
+
+
+def simnpo(nll_sum: torch.Tensor, n_tokens: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
+    """SimNPO (reference-free): ``-(2/beta) mean log sigmoid(beta * (l_theta / |y| - delta))``."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll_sum / n_tokens.clamp(min=1) - delta)).mean()
+
+
+def dpo(
+    chosen_nll: torch.Tensor,
+    rejected_nll: torch.Tensor,
+    ref_chosen_nll: torch.Tensor,
+    ref_rejected_nll: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """DPO with NLLs: ``-(2/beta) mean log sigmoid(beta * ((l_ref(c) - l(c)) - (l_ref(r) - l(r))))``.
+
+    IdK-DPO uses the replacement answer as *chosen* and the true answer as *rejected*.
+    The ``2/beta`` scale follows open-unlearning so that numbers are comparable.
+    """
+    chosen_logratio = ref_chosen_nll - chosen_nll
+    rejected_logratio = ref_rejected_nll - rejected_nll
+    return -(2.0 / beta) * F.logsigmoid(beta * (chosen_logratio - rejected_logratio)).mean()
+
+
+def inverted_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Inverted hinge loss (LoKU): per answer token ``1 + p(y_t) - max_{v != y_t} p(v)``, averaged per sequence."""
+    sel_logits, targets, mask = _shift(logits, labels)
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    if targets.numel():
+        probs = sel_logits.softmax(-1)
+        p_true = probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        p_other = probs.scatter(-1, targets.unsqueeze(-1), float("-inf")).max(-1).values
+        out[mask] = 1.0 + p_true - p_other
+    return _per_sequence_mean(out, mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Retain terms
+# --------------------------------------------------------------------------------------------------
+
+
+def kl_divergence(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``KL(ref || theta)`` over the vocabulary at each answer position, averaged per sequence then over the batch."""
+    sel_logits, _, mask = _shift(logits, labels)
+    sel_ref, _, _ = _shift(ref_logits, labels)
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    if sel_logits.numel():
+        logp = sel_logits.log_softmax(-1)
+        logq = sel_ref.log_softmax(-1)
+        out[mask] = (logq.exp() * (logq - logp)).sum(-1)
+    return _per_sequence_mean(out, mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What an objective needs from the data and the model."""
+
+    name: str
+    formula: str
+    summary: str
+    uses_answer: bool  # the true forget answer (the knowledge to remove)
+    uses_replacement: bool  # the negative / replacement answer
+    needs_reference: bool  # log-probs of the model before unlearning
+    needs_retain: bool  # refuses to run without retain data
+    refusal_only: bool = False  # ignores the user's replacement column, always answers with a refusal
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    spec.name: spec
+    for spec in [
+        ObjectiveSpec(
+            "lune",
+            "L = E[ -log p(y- | x) / |y-| ]",
+            "LUNE (paper Eq. 4): NLL on negative / replacement answers, prompt masked.",
+            uses_answer=False,
+            uses_replacement=True,
+            needs_reference=False,
+            needs_retain=False,
+        ),
+        ObjectiveSpec(
+            "ga",
+            "L = -E[ -log p(y | x) / |y| ]",
+            "Gradient ascent on the forget answers. Diverges: needs an early stop.",
+            uses_answer=True,
+            uses_replacement=False,
+            needs_reference=False,
+            needs_retain=False,
+        ),
+        ObjectiveSpec(
+            "graddiff",
+            "L = -NLL(forget) + retain_weight * retain term",
+            "Gradient difference: ascent on forget, descent (NLL) or KL on retain.",
+            uses_answer=True,
+            uses_replacement=False,
+            needs_reference=False,
+            needs_retain=True,
+        ),
+        ObjectiveSpec(
+            "npo",
+            "L = -(2/beta) E[ log sigmoid(beta * (l_theta(y|x) - l_ref(y|x))) ]",
+            "Negative Preference Optimization: a bounded gradient ascent against the frozen reference.",
+            uses_answer=True,
+            uses_replacement=False,
+            needs_reference=True,
+            needs_retain=False,
+        ),
+        ObjectiveSpec(
+            "simnpo",
+            "L = -(2/beta) E[ log sigmoid(beta * (l_theta(y|x) / |y| - delta)) ]",
+            "SimNPO: length-normalised NPO without a reference model.",
+            uses_answer=True,
+            uses_replacement=False,
+            needs_reference=False,
+            needs_retain=False,
+        ),
+        ObjectiveSpec(
+            "idk_nll",
+            "L = E[ -log p(y_idk | x) / |y_idk| ]",
+            "IdK fine-tuning: NLL on refusal answers (the LUNE loss with refusal targets only).",
+            uses_answer=False,
+            uses_replacement=True,
+            needs_reference=False,
+            needs_retain=False,
+            refusal_only=True,
+        ),
+        ObjectiveSpec(
+            "idk_dpo",
+            "L = -(2/beta) E[ log sigmoid(beta * (log-ratio(y_idk) - log-ratio(y))) ]",
+            "DPO with the refusal as chosen and the true answer as rejected, reference = adapter off.",
+            uses_answer=True,
+            uses_replacement=True,
+            needs_reference=True,
+            needs_retain=False,
+        ),
+        ObjectiveSpec(
+            "ihl",
+            "L = E_t[ 1 + p(y_t) - max_{v != y_t} p(v) ]",
+            "Inverted hinge loss (LoKU): lowers the true token only until another token wins.",
+            uses_answer=True,
+            uses_replacement=False,
+            needs_reference=False,
+            needs_retain=False,
+        ),
+    ]
+}
+
+RETAIN_LOSSES = ("nll", "kl", "none")

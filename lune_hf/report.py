@@ -1,0 +1,139 @@
+"""The unlearning report saved next to every adapter: what was run, on what, and how it went.
+
+It holds hyper-parameters, fingerprints of the data (never its text) and the forget/retain metrics that
+an evaluation callback logged. The model card and the publisher read it; it is written last and
+atomically, so a folder whose report says `completed` holds a complete adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+REPORT_FILE = "unlearning_report.json"
+EVAL_PREFIXES = ("forget/", "retain/")
+
+
+class RunStatus(str, Enum):
+    NOT_STARTED = "not_started"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=False, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_report(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / REPORT_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def evaluation_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `forget/*` and `retain/*` entries of a Trainer's log history, with their step."""
+    rows = []
+    for entry in log_history:
+        metrics = {k: v for k, v in entry.items() if k.startswith(EVAL_PREFIXES)}
+        if metrics:
+            rows.append({"step": entry.get("step", 0), **metrics})
+    return rows
+
+
+def before_after(history: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """First and last value of each evaluation metric."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for row in history:
+        for key, value in row.items():
+            if key == "step":
+                continue
+            first.setdefault(key, value)
+            last[key] = value
+    return {"before": first, "after": last}
+
+
+def _lora_settings(model) -> dict[str, Any]:
+    configs = getattr(model, "peft_config", None) or {}
+    if not configs:
+        return {}
+    cfg = next(iter(configs.values()))
+    targets = cfg.target_modules
+    return {
+        "peft_type": str(getattr(cfg, "peft_type", "")).split(".")[-1],
+        "r": getattr(cfg, "r", None),
+        "lora_alpha": getattr(cfg, "lora_alpha", None),
+        "lora_dropout": getattr(cfg, "lora_dropout", None),
+        "target_modules": sorted(targets) if isinstance(targets, (set, list)) else targets,
+    }
+
+
+def build_run_report(trainer) -> dict[str, Any]:
+    """Everything the model card needs about a `LuneTrainer` run."""
+    from . import __version__
+    from .data import fingerprint
+
+    args = trainer.args
+    spec = args.spec
+    history = evaluation_history(trainer.state.log_history)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    status = getattr(trainer, "run_status", RunStatus.COMPLETED)
+    return {
+        "format": "lune-hf/unlearning-report/1",
+        "lune_hf_version": __version__,
+        "status": RunStatus(status).value,
+        "status_detail": getattr(trainer, "run_status_detail", ""),
+        "base_model": trainer.base_model_id,
+        "objective": {"name": spec.name, "formula": spec.formula, "summary": spec.summary},
+        "hyperparameters": {
+            "learning_rate": args.learning_rate,
+            "num_train_epochs": args.num_train_epochs,
+            "max_steps": args.max_steps,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "world_size": args.world_size,
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "warmup_steps": args.warmup_steps,
+            "beta": args.beta,
+            "delta": args.delta,
+            "forget_weight": args.forget_weight,
+            "retain_weight": args.retain_weight,
+            "retain_loss": args.retain_loss if trainer.retain_dataset is not None else "none",
+            "max_length": args.max_length,
+            "seed": args.seed,
+            **{f"lora_{k}" if not k.startswith("lora") else k: v for k, v in _lora_settings(model).items()},
+        },
+        "parameters": {"trainable": n_trainable, "total": n_total},
+        "global_step": trainer.state.global_step,
+        "forget_set": {"rows": len(trainer.forget_dataset), "sha256": fingerprint(trainer.forget_dataset)},
+        "retain_set": (
+            {"rows": len(trainer.retain_dataset), "sha256": fingerprint(trainer.retain_dataset)}
+            if trainer.retain_dataset is not None
+            else None
+        ),
+        "evaluation": {"history": history, **before_after(history)},
+        "train_log": [
+            {k: v for k, v in entry.items() if isinstance(v, (int, float))}
+            for entry in trainer.state.log_history
+            if "loss" in entry or "train_loss" in entry
+        ],
+    }

@@ -1,0 +1,353 @@
+"""`LuneTrainer`: a `transformers.Trainer` that unlearns with LoRA adapters on a frozen backbone."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from . import objectives as obj
+from .config import LuneConfig
+from .data import (
+    FORGET_PREFIX,
+    REPLACEMENT_PREFIX,
+    RETAIN_PREFIX,
+    UnlearningCollator,
+    UnlearningDataset,
+    build_unlearning_dataset,
+    default_refusals,
+    ensure_pad_token,
+    validate_columns,
+)
+from .report import REPORT_FILE, RunStatus, build_run_report, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the last good adapter was restored and saved."""
+
+
+def default_lora_config(args: LuneConfig) -> LoraConfig:
+    """The LUNE paper's adapter: r=16, alpha=16, dropout 0.05 on every attention and MLP projection."""
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+class LuneTrainer(Trainer):
+    """Drop-in `Trainer` for unlearning.
+
+    Args:
+        model: a causal LM, a `PeftModel` (trained as given), or a Hub id / local path.
+        args: a [`LuneConfig`] (a plain `TrainingArguments` is converted, keeping its values).
+        train_dataset: the **forget set**: rows with `prompt`, `completion` and optionally `replacement`.
+        retain_dataset: optional rows with `prompt`, `completion` whose answers must survive.
+        eval_dataset: optional forget-format rows on which the objective is evaluated.
+        processing_class: the tokenizer (loaded from `model` when it is an id).
+        peft_config: the LoRA config; default [`default_lora_config`]. Ignored for a `PeftModel`.
+        ref_model: optional separate reference model. By default the reference is the same model with its
+            adapter disabled, so no second copy lives in memory.
+    """
+
+    _tag_names = ["lune", "unlearning", "lora"]
+    # Every objective returns a per-example mean, so the Trainer must divide by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | PeftModel,
+        args: LuneConfig | TrainingArguments | None = None,
+        train_dataset: Dataset | None = None,
+        retain_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: PeftConfig | None = None,
+        ref_model: PreTrainedModel | None = None,
+        data_collator=None,
+        callbacks=None,
+        optimizers=(None, None),
+        **kwargs: Any,
+    ) -> None:
+        model_id = model if isinstance(model, str) else None
+        if args is None:
+            name = (model_id or type(model).__name__).rstrip("/").split("/")[-1]
+            args = LuneConfig(output_dir=f"{name}-lune")
+        elif not isinstance(args, LuneConfig):
+            args = LuneConfig(**{k: v for k, v in args.to_dict().items() if not k.startswith("_")})
+        spec = args.spec
+
+        # ---- data checks first: nothing is loaded or trained on bad input ----
+        if train_dataset is None:
+            raise ValueError("LuneTrainer needs a forget set: pass it as `train_dataset`.")
+        validate_columns(train_dataset, "forget")
+        if retain_dataset is not None:
+            validate_columns(retain_dataset, "retain")
+        if spec.needs_retain and retain_dataset is None:
+            raise ValueError(f"The objective {args.objective!r} needs a retain set: pass `retain_dataset`.")
+
+        # ---- model and tokenizer ----
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+        if processing_class is None:
+            source = model_id or getattr(model.config, "_name_or_path", None)
+            if not source:
+                raise ValueError("The model was built from a config: pass its tokenizer as `processing_class`.")
+            processing_class = AutoTokenizer.from_pretrained(source)
+        ensure_pad_token(processing_class)
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = processing_class.pad_token_id
+
+        if not isinstance(model, PeftModel):
+            if args.gradient_checkpointing:
+                model.enable_input_require_grads()
+            model = get_peft_model(model, peft_config or default_lora_config(args))
+        if args.gradient_checkpointing and args.gradient_checkpointing_kwargs is None:
+            args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        if spec.needs_reference or args.retain_loss == "kl":
+            if ref_model is None and not isinstance(model, PeftModel):
+                raise ValueError(f"{args.objective!r} needs a reference: train with LoRA or pass `ref_model`.")
+        self.ref_model = ref_model
+        self.base_model_id = _base_model_id(model, model_id)
+        for cfg in getattr(model, "peft_config", {}).values():
+            cfg.base_model_name_or_path = cfg.base_model_name_or_path or self.base_model_id
+
+        # ---- tokenise ----
+        refusals = args.refusals or default_refusals()
+        self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
+
+        def prepare(rows: Dataset, retain: Dataset | None) -> UnlearningDataset:
+            return build_unlearning_dataset(
+                rows,
+                processing_class,
+                max_length=args.max_length,
+                uses_answer=spec.uses_answer,
+                uses_replacement=spec.uses_replacement,
+                refusals=refusals,
+                replacement_column=None if spec.refusal_only else args.replacement_column,
+                retain=retain if args.retain_loss != "none" else None,
+                seed=args.seed,
+            )
+
+        train_tokens = prepare(train_dataset, retain_dataset)
+        eval_tokens = prepare(eval_dataset, retain_dataset) if eval_dataset is not None else None
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator or UnlearningCollator(processing_class.pad_token_id),
+            train_dataset=train_tokens,
+            eval_dataset=eval_tokens,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            **kwargs,
+        )
+        if self.ref_model is not None:
+            self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._last_good: dict[str, torch.Tensor] | None = None
+        self._last_good_step = 0
+        self.run_status = RunStatus.NOT_STARTED
+        self.add_callback(_RetainPairingCallback(train_tokens))
+        for callback in self.callback_handler.callbacks:
+            if hasattr(callback, "bind"):
+                callback.bind(self)
+
+    # ---------------------------------------------------------------------------------------------
+    # Loss
+    # ---------------------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = [
+                f"{p}_{k}" for p in (FORGET_PREFIX, REPLACEMENT_PREFIX, RETAIN_PREFIX) for k in ("input_ids", "labels")
+            ]
+
+    @staticmethod
+    def _logits(model, inputs: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+        out = model(
+            input_ids=inputs[f"{prefix}_input_ids"],
+            attention_mask=inputs[f"{prefix}_attention_mask"],
+            use_cache=False,
+        )
+        return out.logits
+
+    @contextlib.contextmanager
+    def _reference(self, model):
+        """Yields the module that computes reference logits: the adapter-off model, or `ref_model`."""
+        with torch.no_grad():
+            if self.ref_model is not None:
+                yield self.ref_model
+            else:
+                with self.accelerator.unwrap_model(model).disable_adapter():
+                    yield model
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        args: LuneConfig = self.args
+        spec = args.spec
+        mode = "train" if model.training else "eval"
+        logged: dict[str, torch.Tensor] = {}
+
+        def answer_stats(prefix: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits = self._logits(model, inputs, prefix)
+            nll_sum, n_tok = obj.sequence_nll(logits, inputs[f"{prefix}_labels"])
+            logged[f"logps/{prefix}"] = (-nll_sum / n_tok.clamp(min=1)).mean().detach()
+            return logits, nll_sum, n_tok
+
+        def reference_nll(prefix: str) -> torch.Tensor:
+            with self._reference(model) as ref:
+                return obj.sequence_nll(self._logits(ref, inputs, prefix), inputs[f"{prefix}_labels"])[0]
+
+        if spec.uses_answer:
+            logits_f, nll_f, n_f = answer_stats(FORGET_PREFIX)
+        if spec.uses_replacement:
+            _, nll_r, n_r = answer_stats(REPLACEMENT_PREFIX)
+
+        name = args.objective
+        if name in ("lune", "idk_nll"):
+            forget_loss = obj.nll(nll_r, n_r)
+        elif name in ("ga", "graddiff"):
+            forget_loss = obj.gradient_ascent(nll_f, n_f)
+        elif name == "npo":
+            forget_loss = obj.npo(nll_f, reference_nll(FORGET_PREFIX), args.beta)
+        elif name == "simnpo":
+            forget_loss = obj.simnpo(nll_f, n_f, args.beta, args.delta)
+        elif name == "idk_dpo":
+            forget_loss = obj.dpo(
+                nll_r, nll_f, reference_nll(REPLACEMENT_PREFIX), reference_nll(FORGET_PREFIX), args.beta
+            )
+        elif name == "ihl":
+            forget_loss = obj.inverted_hinge(logits_f, inputs[f"{FORGET_PREFIX}_labels"])
+        else:  # pragma: no cover - LuneConfig validates the name
+            raise ValueError(name)
+        loss = args.forget_weight * forget_loss
+        logged["loss/forget"] = forget_loss.detach()
+
+        if f"{RETAIN_PREFIX}_input_ids" in inputs:
+            logits_ret, nll_ret, n_ret = answer_stats(RETAIN_PREFIX)
+            if args.retain_loss == "kl":
+                with self._reference(model) as ref:
+                    ref_logits = self._logits(ref, inputs, RETAIN_PREFIX)
+                retain_loss = obj.kl_divergence(logits_ret, ref_logits, inputs[f"{RETAIN_PREFIX}_labels"])
+            else:
+                retain_loss = obj.nll(nll_ret, n_ret)
+            loss = loss + args.retain_weight * retain_loss
+            logged["loss/retain"] = retain_loss.detach()
+
+        for key, value in logged.items():
+            self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value.reshape(1)).mean().item())
+
+        if mode == "train":
+            self._guard_finite(model, loss)
+        return (loss, None) if return_outputs else loss
+
+    def _guard_finite(self, model, loss: torch.Tensor) -> None:
+        """Keep a copy of the adapter weights that gave a finite loss; on NaN/inf restore it, save and stop."""
+        if math.isfinite(loss.item()):
+            unwrapped = self.accelerator.unwrap_model(model)
+            if isinstance(unwrapped, PeftModel) and self.state.global_step >= self._last_good_step:
+                self._last_good = {
+                    n: p.detach().to("cpu", copy=True) for n, p in unwrapped.named_parameters() if p.requires_grad
+                }
+                self._last_good_step = self.state.global_step + 1
+            return
+        step = self.state.global_step
+        saved = ""
+        if self._last_good is not None:
+            unwrapped = self.accelerator.unwrap_model(model)
+            params = dict(unwrapped.named_parameters())
+            with torch.no_grad():
+                for n, value in self._last_good.items():
+                    params[n].copy_(value.to(params[n].device))
+            self.run_status = RunStatus.FAILED
+            self.run_status_detail = f"non-finite loss at step {step}"
+            self.save_model()
+            good_step = self._last_good_step - 1
+            saved = f" The last good adapter (weights of step {good_step}) was saved to {self.args.output_dir}."
+        raise NonFiniteLossError(
+            f"The {self.args.objective!r} loss became {loss.item()} at step {step}.{saved} Lower the learning rate "
+            "(or the number of steps for gradient ascent), or switch to a bounded objective such as 'npo'."
+        )
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs = {**logs, **metrics}
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    # ---------------------------------------------------------------------------------------------
+    # Training and saving
+    # ---------------------------------------------------------------------------------------------
+
+    def train(self, *args, **kwargs):
+        self.run_status = RunStatus.RUNNING
+        self.run_status_detail = ""
+        try:
+            output = super().train(*args, **kwargs)
+        except BaseException as err:
+            if self.run_status != RunStatus.FAILED:
+                self.run_status = RunStatus.FAILED
+                self.run_status_detail = f"{type(err).__name__}"
+            raise
+        self.run_status = RunStatus.COMPLETED
+        return output
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save adapter and tokenizer, then the unlearning report (written last: a report means a complete folder)."""
+        output_dir = output_dir or self.args.output_dir
+        super().save_model(output_dir, _internal_call)
+        if self.is_world_process_zero():
+            report = build_run_report(self)
+            write_json_atomic(Path(output_dir) / REPORT_FILE, report)
+
+
+class _RetainPairingCallback(TrainerCallback):
+    """Tells the training set which epoch starts, so each epoch pairs the forget rows with new retain rows."""
+
+    def __init__(self, dataset: UnlearningDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
+
+
+def _base_model_id(model, model_id: str | None) -> str | None:
+    """The id or path the backbone came from, or None for a model built from a config."""
+    if model_id:
+        return model_id
+    if isinstance(model, PeftModel):
+        cfg = next(iter(model.peft_config.values()))
+        if cfg.base_model_name_or_path:
+            return cfg.base_model_name_or_path
+        model = model.get_base_model()
+    return getattr(model.config, "_name_or_path", None) or None
