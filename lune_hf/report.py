@@ -97,6 +97,7 @@ def build_run_report(trainer) -> dict[str, Any]:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     status = getattr(trainer, "run_status", RunStatus.COMPLETED)
+    stop_reasons = [cb.stop_reason for cb in trainer.callback_handler.callbacks if getattr(cb, "stop_reason", None)]
     return {
         "format": "lune-hf/unlearning-report/1",
         "lune_hf_version": __version__,
@@ -124,6 +125,7 @@ def build_run_report(trainer) -> dict[str, Any]:
         },
         "parameters": {"trainable": n_trainable, "total": n_total},
         "global_step": trainer.state.global_step,
+        "stop_reason": stop_reasons[0] if stop_reasons else None,
         "forget_set": {"rows": len(trainer.forget_dataset), "sha256": fingerprint(trainer.forget_dataset)},
         "retain_set": (
             {"rows": len(trainer.retain_dataset), "sha256": fingerprint(trainer.retain_dataset)}
@@ -137,3 +139,82 @@ def build_run_report(trainer) -> dict[str, Any]:
             if "loss" in entry or "train_loss" in entry
         ],
     }
+
+
+PLOT_FILE = "unlearning_curves.png"
+MARKDOWN_FILE = "unlearning_report.md"
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """One figure: every forget/* and retain/* metric against the training step. None if nothing to plot."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for row in history for k in row if k != "step"})
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for key in keys:
+        points = [(row["step"], row[key]) for row in history if key in row]
+        style = "-" if key.startswith("forget/") else "--"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", markersize=3, label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("score")
+    ax.set_title("Forget (solid) and retain (dashed) metrics during unlearning")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def before_after_rows(report: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
+    """(metric, before, after) for every evaluation metric of a report."""
+    evaluation = report.get("evaluation") or {}
+    before, after = evaluation.get("before", {}), evaluation.get("after", {})
+    return [(key, before.get(key), after.get(key)) for key in sorted(set(before) | set(after))]
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def render_markdown(report: dict[str, Any], plot_name: str | None) -> str:
+    """A human-readable Markdown page of a run report."""
+    lines = [
+        "# Unlearning report",
+        "",
+        f"- status: **{report.get('status')}** {report.get('status_detail') or ''}".rstrip(),
+        f"- base model: `{report.get('base_model')}`",
+        f"- objective: `{report['objective']['name']}` — {report['objective']['summary']}",
+        f"- formula: `{report['objective']['formula']}`",
+        f"- steps: {report.get('global_step')}; forget rows: {report['forget_set']['rows']}"
+        + (f"; retain rows: {report['retain_set']['rows']}" if report.get("retain_set") else ""),
+    ]
+    if report.get("stop_reason"):
+        lines.append(f"- early stop: {report['stop_reason']}")
+    rows = before_after_rows(report)
+    if rows:
+        lines += ["", "| metric | before | after |", "| --- | ---: | ---: |"]
+        lines += [f"| {k} | {_fmt(b)} | {_fmt(a)} |" for k, b, a in rows]
+    if plot_name:
+        lines += ["", f"![forget and retain metrics over training]({plot_name})"]
+    lines += ["", "## Hyper-parameters", "", "| name | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in report.get("hyperparameters", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report_files(folder: str | Path, report: dict[str, Any]) -> tuple[Path, Path | None]:
+    """Write the Markdown report and the PNG plot of a run's evaluation history into `folder`."""
+    folder = Path(folder)
+    plot = plot_history(report.get("evaluation", {}).get("history", []), folder / PLOT_FILE)
+    md_path = folder / MARKDOWN_FILE
+    tmp = md_path.with_name(f".{md_path.name}.tmp")
+    tmp.write_text(render_markdown(report, plot.name if plot else None), encoding="utf-8")
+    tmp.replace(md_path)
+    return md_path, plot

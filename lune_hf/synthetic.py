@@ -146,7 +146,7 @@ def memorise(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 @dataclass

@@ -35,7 +35,8 @@ from .data import (
     ensure_pad_token,
     validate_columns,
 )
-from .report import REPORT_FILE, RunStatus, build_run_report, write_json_atomic
+from .report import REPORT_FILE, RunStatus, build_run_report, write_json_atomic, write_report_files
+from .snapshot import load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
 
@@ -267,19 +268,13 @@ class LuneTrainer(Trainer):
         if math.isfinite(loss.item()):
             unwrapped = self.accelerator.unwrap_model(model)
             if isinstance(unwrapped, PeftModel) and self.state.global_step >= self._last_good_step:
-                self._last_good = {
-                    n: p.detach().to("cpu", copy=True) for n, p in unwrapped.named_parameters() if p.requires_grad
-                }
+                self._last_good = trainable_state(unwrapped)
                 self._last_good_step = self.state.global_step + 1
             return
         step = self.state.global_step
         saved = ""
         if self._last_good is not None:
-            unwrapped = self.accelerator.unwrap_model(model)
-            params = dict(unwrapped.named_parameters())
-            with torch.no_grad():
-                for n, value in self._last_good.items():
-                    params[n].copy_(value.to(params[n].device))
+            load_trainable_state(self.accelerator.unwrap_model(model), self._last_good)
             self.run_status = RunStatus.FAILED
             self.run_status_detail = f"non-finite loss at step {step}"
             self.save_model()
@@ -298,6 +293,8 @@ class LuneTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
+        if "loss" not in logs and "eval_loss" not in logs:  # e.g. a callback's evaluation: keep the loss terms
+            return super().log(logs, start_time)
         metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
@@ -328,6 +325,7 @@ class LuneTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
         if self.is_world_process_zero():
             report = build_run_report(self)
+            write_report_files(output_dir, report)
             write_json_atomic(Path(output_dir) / REPORT_FILE, report)
 
 

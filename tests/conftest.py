@@ -1,0 +1,54 @@
+"""Shared fixtures: offline settings, a tiny memorised model built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import copy  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from lune_hf.synthetic import build_tiny_model, build_tokenizer, make_facts, memorised_model  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def memorised():
+    """A tiny Llama that has memorised 120 synthetic facts (built once, ~6 s)."""
+    return memorised_model(120, seed=0, steps=350)
+
+
+@pytest.fixture
+def memorised_copy(memorised):
+    """A fresh copy of the memorised model for a test that trains it."""
+    return copy.deepcopy(memorised.model)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """An untrained tiny model and its tokenizer over 40 facts: enough for mechanics tests."""
+    facts = make_facts(40, seed=1)
+    tokenizer = build_tokenizer([f.prompt + f.completion for f in facts])
+    return facts, tokenizer
+
+
+@pytest.fixture
+def tiny_model(tiny):
+    _, tokenizer = tiny
+    return build_tiny_model(len(tokenizer), hidden_size=32, layers=1, seed=0)
+
+
+def rows(facts, replacement: bool = False) -> Dataset:
+    data = [f.row() for f in facts]
+    if replacement:
+        for row in data:
+            row["replacement"] = " I do not know"
+    return Dataset.from_list(data)

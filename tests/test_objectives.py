@@ -1,0 +1,92 @@
+"""Every objective against a hand computation on fixed logits."""
+
+import math
+
+import pytest
+import torch
+
+from lune_hf import objectives as obj
+
+LN = math.log
+
+# One sequence, vocabulary of 3, prompt = token 0 (masked), answer = tokens 1, 2.
+# Position 0 predicts label 1 from logits [0, ln 2, 0]  -> softmax [1/4, 1/2, 1/4], p(1) = 1/2
+# Position 1 predicts label 2 from logits [ln 3, 0, 0]  -> softmax [3/5, 1/5, 1/5], p(2) = 1/5
+LOGITS = torch.tensor([[[0.0, LN(2), 0.0], [LN(3), 0.0, 0.0], [0.0, 0.0, 0.0]]])
+LABELS = torch.tensor([[-100, 1, 2]])
+NLL_SUM = LN(2) + LN(5)  # = ln 10
+
+
+def logsig(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+def test_sequence_nll_by_hand():
+    nll_sum, n = obj.sequence_nll(LOGITS, LABELS)
+    assert nll_sum.item() == pytest.approx(LN(10), abs=1e-6)
+    assert n.tolist() == [2]
+
+
+def test_token_logprobs_mask_prompt():
+    logps, mask = obj.token_logprobs(LOGITS, LABELS)
+    assert mask.tolist() == [[True, True]]
+    assert logps[0].tolist() == pytest.approx([-LN(2), -LN(5)], abs=1e-6)
+
+
+def test_nll_and_gradient_ascent_are_per_sequence_means():
+    nll_sum = torch.tensor([LN(10), 3.0])
+    n = torch.tensor([2, 3])
+    # (ln10 / 2 + 3 / 3) / 2
+    expected = (LN(10) / 2 + 1.0) / 2
+    assert obj.nll(nll_sum, n).item() == pytest.approx(expected)
+    assert obj.gradient_ascent(nll_sum, n).item() == pytest.approx(-expected)
+
+
+def test_npo_by_hand():
+    beta = 0.1
+    nll_sum, ref = torch.tensor([2.0, 5.0]), torch.tensor([3.0, 1.0])
+    # -(2/beta) * mean(logsig(beta*(2-3)), logsig(beta*(5-1)))
+    expected = -(2 / beta) * (logsig(-0.1) + logsig(0.4)) / 2
+    assert obj.npo(nll_sum, ref, beta).item() == pytest.approx(expected, rel=1e-6)
+    # At the reference (l_theta = l_ref) NPO equals (2/beta) ln 2.
+    assert obj.npo(ref, ref, beta).item() == pytest.approx(2 / beta * LN(2), rel=1e-6)
+
+
+def test_simnpo_by_hand():
+    beta, delta = 2.0, 0.5
+    nll_sum, n = torch.tensor([4.0]), torch.tensor([2])
+    # -(2/2) * logsig(2 * (4/2 - 0.5)) = -logsig(3)
+    assert obj.simnpo(nll_sum, n, beta, delta).item() == pytest.approx(-logsig(3.0), rel=1e-6)
+
+
+def test_dpo_by_hand():
+    beta = 0.5
+    # chosen log-ratio = ref_c - c = 4 - 1 = 3 ; rejected log-ratio = ref_r - r = 2 - 6 = -4
+    loss = obj.dpo(torch.tensor([1.0]), torch.tensor([6.0]), torch.tensor([4.0]), torch.tensor([2.0]), beta)
+    assert loss.item() == pytest.approx(-(2 / beta) * logsig(0.5 * 7), rel=1e-6)
+
+
+def test_inverted_hinge_by_hand():
+    # position 0: 1 + 1/2 - 1/4 = 1.25 ; position 1: 1 + 1/5 - 3/5 = 0.6 ; mean 0.925
+    assert obj.inverted_hinge(LOGITS, LABELS).item() == pytest.approx(0.925, abs=1e-6)
+
+
+def test_kl_divergence_by_hand():
+    ref = torch.zeros_like(LOGITS)  # uniform q = 1/3
+    pos0 = (LN((1 / 3) / (1 / 4)) + LN((1 / 3) / (1 / 2)) + LN((1 / 3) / (1 / 4))) / 3
+    pos1 = (LN((1 / 3) / (3 / 5)) + 2 * LN((1 / 3) / (1 / 5))) / 3
+    assert obj.kl_divergence(LOGITS, ref, LABELS).item() == pytest.approx((pos0 + pos1) / 2, abs=1e-6)
+    assert obj.kl_divergence(LOGITS, LOGITS, LABELS).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fully_masked_sequence_contributes_zero_tokens():
+    labels = torch.full((1, 3), -100)
+    nll_sum, n = obj.sequence_nll(LOGITS, labels)
+    assert n.item() == 0 and nll_sum.item() == 0
+    assert obj.nll(nll_sum, n).item() == 0
+
+
+def test_registry_covers_every_objective():
+    assert set(obj.OBJECTIVES) == {"lune", "ga", "graddiff", "npo", "simnpo", "idk_nll", "idk_dpo", "ihl"}
+    assert obj.OBJECTIVES["graddiff"].needs_retain
+    assert obj.OBJECTIVES["npo"].needs_reference and obj.OBJECTIVES["idk_dpo"].needs_reference

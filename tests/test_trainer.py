@@ -1,0 +1,246 @@
+"""LuneTrainer on tiny models: what moves, what stays, what the loss is, and that it really forgets."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import rows
+from peft import PeftModel
+from transformers import PreTrainedModel, TrainerCallback
+
+from lune_hf import OBJECTIVES, LuneConfig, LuneTrainer, NonFiniteLossError
+from lune_hf import objectives as obj
+from lune_hf.data import UnlearningCollator
+from lune_hf.evaluation import generate_answers, normalize_answer
+from lune_hf.report import REPORT_FILE
+
+
+def config(tmp_path: Path, **kw) -> LuneConfig:
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        lora_dropout=0.0,
+    )
+    base.update(kw)
+    return LuneConfig(**base)
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_every_objective_moves_only_lora(objective, tiny, tiny_model, tmp_path):
+    facts, tok = tiny
+    backbone = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    trainer = LuneTrainer(
+        tiny_model,
+        config(tmp_path, objective=objective),
+        train_dataset=rows(facts[:8], replacement=True),
+        retain_dataset=rows(facts[8:24]),
+        processing_class=tok,
+    )
+    assert isinstance(trainer.model, PeftModel)
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert lora_before and all("lora_" in n for n in lora_before)
+    trainer.train()
+
+    after = dict(trainer.model.named_parameters())
+    moved = [n for n, v in lora_before.items() if not torch.equal(v, after[n].detach())]
+    assert moved, f"{objective}: no LoRA parameter changed"
+    base_now = trainer.model.get_base_model().state_dict()
+    for key, value in backbone.items():
+        peft_key = key.replace(".weight", ".base_layer.weight")
+        now = base_now.get(key, base_now.get(peft_key))
+        assert now is not None, key
+        assert torch.equal(now, value), f"{objective}: backbone tensor {key} changed"
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert "loss/forget" in logged and "loss/retain" in logged
+    if OBJECTIVES[objective].uses_answer:
+        assert "logps/forget" in logged
+    if OBJECTIVES[objective].uses_replacement:
+        assert "logps/replacement" in logged
+
+
+def _hand_loss(objective: str, model, base, batch, args: LuneConfig) -> torch.Tensor:
+    """The loss recomputed from raw forward passes (base = an independent copy of the frozen model)."""
+
+    def nll(m, prefix):
+        logits = m(input_ids=batch[f"{prefix}_input_ids"], attention_mask=batch[f"{prefix}_attention_mask"]).logits
+        return logits, *obj.sequence_nll(logits, batch[f"{prefix}_labels"])
+
+    forget = {
+        "lune": lambda: obj.nll(*nll(model, "replacement")[1:]),
+        "idk_nll": lambda: obj.nll(*nll(model, "replacement")[1:]),
+        "ga": lambda: obj.gradient_ascent(*nll(model, "forget")[1:]),
+        "graddiff": lambda: obj.gradient_ascent(*nll(model, "forget")[1:]),
+        "npo": lambda: obj.npo(nll(model, "forget")[1], nll(base, "forget")[1], args.beta),
+        "simnpo": lambda: obj.simnpo(*nll(model, "forget")[1:], args.beta, args.delta),
+        "idk_dpo": lambda: obj.dpo(
+            nll(model, "replacement")[1], nll(model, "forget")[1],
+            nll(base, "replacement")[1], nll(base, "forget")[1], args.beta,
+        ),
+        "ihl": lambda: obj.inverted_hinge(nll(model, "forget")[0], batch["forget_labels"]),
+    }[objective]()
+    if args.retain_loss == "kl":
+        retain = obj.kl_divergence(nll(model, "retain")[0], nll(base, "retain")[0], batch["retain_labels"])
+    else:
+        retain = obj.nll(*nll(model, "retain")[1:])
+    return args.forget_weight * forget + args.retain_weight * retain
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+@pytest.mark.parametrize("retain_loss", ["nll", "kl"])
+def test_loss_equals_hand_computation(objective, retain_loss, tiny, tiny_model, tmp_path):
+    facts, tok = tiny
+    base = copy.deepcopy(tiny_model).eval()
+    args = config(tmp_path, objective=objective, retain_loss=retain_loss, forget_weight=0.7, retain_weight=1.3)
+    trainer = LuneTrainer(
+        tiny_model, args, train_dataset=rows(facts[:4]), retain_dataset=rows(facts[4:8]), processing_class=tok
+    )
+    # Give the adapter non-zero weights so that model and reference differ.
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    trainer.model.eval()
+    batch = UnlearningCollator(tok.pad_token_id)([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        got = trainer.compute_loss(trainer.model, batch)
+        want = _hand_loss(objective, trainer.model, base, batch, args)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["npo", "idk_dpo"])
+def test_reference_is_the_disabled_adapter_not_a_second_model(objective, tiny, tiny_model, tmp_path, monkeypatch):
+    facts, tok = tiny
+    trainer = LuneTrainer(tiny_model, config(tmp_path, objective=objective), train_dataset=rows(facts[:8]),
+                          processing_class=tok)
+    created: list[str] = []
+    original_init = PreTrainedModel.__init__
+    monkeypatch.setattr(PreTrainedModel, "__init__", lambda self, *a, **k: (created.append(type(self).__name__),
+                                                                              original_init(self, *a, **k))[1])
+    monkeypatch.setattr(copy, "deepcopy", lambda *a, **k: pytest.fail("the model was copied"))
+    disabled = []
+    original_disable = PeftModel.disable_adapter
+
+    def spy(self):
+        disabled.append(True)
+        return original_disable(self)
+
+    monkeypatch.setattr(PeftModel, "disable_adapter", spy)
+    trainer.train()
+    assert created == [], f"a second model was created: {created}"
+    assert len(disabled) >= trainer.state.global_step, "the reference did not come from the disabled adapter"
+
+
+def test_gradient_accumulation_matches_large_batch(tiny, tmp_path):
+    facts, tok = tiny
+    from lune_hf.synthetic import build_tiny_model
+
+    results = []
+    for bs, ga in [(8, 1), (1, 8)]:
+        model = build_tiny_model(len(tok), hidden_size=32, layers=1, seed=0)
+        trainer = LuneTrainer(
+            model,
+            config(tmp_path / f"{bs}x{ga}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
+                   max_steps=1, optim="sgd", learning_rate=0.5, warmup_steps=0, lr_scheduler_type="constant"),
+            train_dataset=rows(facts[:8]),
+            retain_dataset=rows(facts[8:30]),
+            processing_class=tok,
+        )
+        trainer.train()
+        results.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+    big, small = results
+    assert any(v.abs().sum() > 0 for n, v in big.items() if "lora_B" in n), "the step changed nothing"
+    for name in big:
+        torch.testing.assert_close(big[name], small[name], rtol=1e-4, atol=1e-6)
+
+
+def test_lune_forgets_and_retains(memorised, memorised_copy, tmp_path):
+    forget = memorised.facts[::10]
+    retain = [f for i, f in enumerate(memorised.facts) if i % 10]
+    tok = memorised.tokenizer
+
+    def accuracy(model, facts):
+        answers = generate_answers(model, tok, [f.prompt for f in facts], max_new_tokens=6)
+        return sum(normalize_answer(a) == normalize_answer(f.answer) for a, f in zip(answers, facts,
+                                                                                      strict=True)) / len(facts)
+
+    forget_before, retain_before = accuracy(memorised_copy, forget), accuracy(memorised_copy, retain)
+    assert forget_before >= 0.9 and retain_before >= 0.9, "the fixture did not memorise its facts"
+    trainer = LuneTrainer(
+        memorised_copy,
+        config(tmp_path, max_steps=-1, num_train_epochs=100, lora_dropout=0.05, logging_steps=50),
+        train_dataset=rows(forget),
+        retain_dataset=rows(retain),
+        processing_class=tok,
+    )
+    trainer.train()
+    forget_after, retain_after = accuracy(trainer.model, forget), accuracy(trainer.model, retain)
+    assert forget_after <= 0.1, f"forget accuracy {forget_after:.2f} (was {forget_before:.2f})"
+    assert retain_after >= 0.9 * retain_before, f"retain accuracy {retain_after:.2f} (was {retain_before:.2f})"
+
+
+def test_resume_from_checkpoint_continues(tiny, tmp_path):
+    facts, tok = tiny
+    from lune_hf.synthetic import build_tiny_model
+
+    def make(out, **kw):
+        model = build_tiny_model(len(tok), hidden_size=32, layers=1, seed=0)
+        return LuneTrainer(model, config(out, max_steps=6, per_device_train_batch_size=2, **kw),
+                           train_dataset=rows(facts[:8]), retain_dataset=rows(facts[8:20]), processing_class=tok)
+
+    straight = make(tmp_path / "straight")
+    straight.train()
+    want = {n: p.detach().clone() for n, p in straight.model.named_parameters() if p.requires_grad}
+
+    first = make(tmp_path / "resumed", save_strategy="steps", save_steps=3)
+    first.args.max_steps = 6
+    first.train()
+    checkpoint = tmp_path / "resumed" / "out" / "checkpoint-3"
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+
+    resumed = make(tmp_path / "resumed", save_strategy="steps", save_steps=3)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 6
+    got = {n: p.detach() for n, p in resumed.model.named_parameters() if p.requires_grad}
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+class _Poison(TrainerCallback):
+    """Puts an infinity into the adapter after step 2, as a diverging run would."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            with torch.no_grad():
+                for name, p in self.trainer.model.named_parameters():
+                    if "lora_B" in name:
+                        p.fill_(float("inf"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_adapter(tiny, tiny_model, tmp_path):
+    facts, tok = tiny
+    trainer = LuneTrainer(tiny_model, config(tmp_path, max_steps=10, warmup_steps=0), train_dataset=rows(facts[:8]),
+                          processing_class=tok)
+    trainer.add_callback(_Poison(trainer))
+    with pytest.raises(NonFiniteLossError, match="became .* at step 2.*last good adapter"):
+        trainer.train()
+    out = Path(trainer.args.output_dir)
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all(torch.isfinite(w).all() for w in weights.values())
+    assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k), "step-2 weights expected"
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["status"] == "failed" and "non-finite" in report["status_detail"]
