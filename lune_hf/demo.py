@@ -70,7 +70,9 @@ def _write_jsonl(path: Path, facts: list[Fact]) -> None:
             handle.write(json.dumps(fact.row()) + "\n")
 
 
-def run_demo(output_dir: str | Path = "lune-demo", *, n_facts: int = 200, seed: int = 0, quiet: bool = False) -> DemoResult:
+def run_demo(
+    output_dir: str | Path = "lune-demo", *, n_facts: int = 200, seed: int = 0, quiet: bool = False
+) -> DemoResult:
     """Run the whole demo and return the before/after metrics."""
     start = time.perf_counter()
     output_dir = Path(output_dir)
