@@ -106,7 +106,8 @@ class ForgetRetainCallback(TrainerCallback):
         self.trainer = trainer
         self.history: list[dict[str, float]] = []
         self.stop_reason: str | None = None
-        self._modules = {name: lune_metrics.load(name) for name in set(self.metrics) - {"contains"}}
+        modules = {"exact_match" if m == "contains" else m for m in self.metrics}  # one module gives both
+        self._modules = {m: lune_metrics.load(m, keep_in_memory=True) for m in modules}
         self._last_evaluated_step = -1
         self._initial_retain: float | None = None
         self._good_weights: dict[str, torch.Tensor] | None = None
@@ -153,8 +154,7 @@ class ForgetRetainCallback(TrainerCallback):
         references = [_answer_text(a).strip() for a in answers]
         out: dict[str, float] = {}
         if "exact_match" in self.metrics or "contains" in self.metrics:
-            em = self._modules.get("exact_match") or lune_metrics.load("exact_match")
-            scores = em.compute(predictions=[r["prediction"] for r in rows], references=references)
+            scores = self._modules["exact_match"].compute(predictions=[r["prediction"] for r in rows], references=references)
             for key in ("exact_match", "contains"):
                 if key in self.metrics:
                     out[key] = float(scores[key])

@@ -103,7 +103,7 @@ def run_demo(
         metrics=("exact_match", "rouge_l", "probability"),
         stop_metric="exact_match",
         forget_target=0.0,
-        retain_floor=0.9,
+        retain_floor=0.8,
         max_new_tokens=8,
     )
     trainer = LuneTrainer(

@@ -65,6 +65,7 @@ def describe(name: str) -> str:
     """
     tree = ast.parse(script_path(name).read_text(encoding="utf-8"))
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_DESCRIPTION" for t in node.targets):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(t, ast.Name) and t.id == "_DESCRIPTION" for t in targets):
             return ast.literal_eval(node.value)
     raise RuntimeError(f"metric script {script_path(name)} defines no _DESCRIPTION")

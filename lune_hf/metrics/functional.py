@@ -122,7 +122,9 @@ def truth_ratio(
     return {"truth_ratio": float(value), "scores": scores}
 
 
-def forget_quality(unlearned_truth_ratios: Sequence[float], reference_truth_ratios: Sequence[float]) -> dict[str, float]:
+def forget_quality(
+    unlearned_truth_ratios: Sequence[float], reference_truth_ratios: Sequence[float]
+) -> dict[str, float]:
     """TOFU forget quality: p-value of the two-sample Kolmogorov-Smirnov test between per-row truth ratios.
 
     ``unlearned_truth_ratios``: the unlearned model's truth ratios on the forget set;

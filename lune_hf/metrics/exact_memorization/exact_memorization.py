@@ -1,4 +1,4 @@
-"""`evaluate` module: exact memorisation, token accuracy under teacher forcing (open-unlearning ``exact_memorization``)."""
+"""`evaluate` module: exact memorisation, teacher-forced token accuracy (open-unlearning ``exact_memorization``)."""
 
 import datasets
 import evaluate
