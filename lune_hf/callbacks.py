@@ -152,18 +152,15 @@ class ForgetRetainCallback(TrainerCallback):
 
     def _compute(self, rows: list[dict[str, Any]], answers: Sequence[Any]) -> dict[str, float]:
         references = [_answer_text(a).strip() for a in answers]
+        predictions = [r.get("prediction", "") for r in rows]
         out: dict[str, float] = {}
-        if "exact_match" in self.metrics or "contains" in self.metrics:
-            scores = self._modules["exact_match"].compute(predictions=[r["prediction"] for r in rows], references=references)
-            for key in ("exact_match", "contains"):
-                if key in self.metrics:
-                    out[key] = float(scores[key])
-        if "rouge_l" in self.metrics:
-            scores = self._modules["rouge_l"].compute(
-                predictions=[r["prediction"] for r in rows], references=references
-            )
+        if "exact_match" in self._modules:
+            scores = self._modules["exact_match"].compute(predictions=predictions, references=references)
+            out |= {k: float(scores[k]) for k in ("exact_match", "contains") if k in self.metrics}
+        if "rouge_l" in self._modules:
+            scores = self._modules["rouge_l"].compute(predictions=predictions, references=references)
             out["rouge_l"] = float(scores["rouge_l"])
-        if "probability" in self.metrics:
+        if "probability" in self._modules:
             scores = self._modules["probability"].compute(token_logprobs=[r["token_logprobs"] for r in rows])
             out["probability"] = float(scores["probability"])
         return out
