@@ -167,7 +167,7 @@ class ForgetRetainCallback(TrainerCallback):
 
     # ---- Trainer events ---------------------------------------------------------------------------
 
-    def _run(self, state, control, model) -> None:
+    def _run(self, state, control, model, stop_rules: bool = True) -> None:
         if state.global_step == self._last_evaluated_step:
             return
         self._last_evaluated_step = state.global_step
@@ -178,7 +178,8 @@ class ForgetRetainCallback(TrainerCallback):
         else:
             state.log_history.append({**results, "step": state.global_step})
             logger.info("step %d: %s", state.global_step, results)
-        self._apply_stop_rules(state, control, model, results)
+        if stop_rules:
+            self._apply_stop_rules(state, control, model, results)
 
     def _apply_stop_rules(self, state, control, model, results: dict[str, float]) -> None:
         retain_key = f"retain/{self.stop_metric}"
@@ -224,4 +225,4 @@ class ForgetRetainCallback(TrainerCallback):
         if self._good_step is not None and self.stop_reason and "restored" in self.stop_reason:
             # The restored weights are what gets saved: measure them as the final numbers.
             self._last_evaluated_step = -1
-        self._run(state, control, model)
+        self._run(state, control, model, stop_rules=False)
