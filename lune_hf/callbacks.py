@@ -23,7 +23,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from . import metrics as lune_metrics
-from .data import _split_row, validate_columns
+from .data import split_row, validate_columns
 from .evaluation import generate_answers, score_answers
 from .snapshot import load_trainable_state, trainable_state
 
@@ -75,6 +75,7 @@ class ForgetRetainCallback(TrainerCallback):
         max_rows: int | None = 200,
         max_new_tokens: int = 32,
         batch_size: int = 32,
+        progress: bool = False,
         trainer=None,
     ) -> None:
         unknown = [m for m in metrics if m not in GENERATION_METRICS + SCORING_METRICS]
@@ -91,7 +92,7 @@ class ForgetRetainCallback(TrainerCallback):
             self.sets["retain"] = retain_dataset
         self.sets.update(extra_sets or {})
         for name, rows in self.sets.items():
-            validate_columns(rows, name)
+            validate_columns(rows, name, tokenized_ok=False)
             if max_rows is not None and len(rows) > max_rows:
                 self.sets[name] = rows.select(range(max_rows))
         self.tokenizer = tokenizer
@@ -103,6 +104,7 @@ class ForgetRetainCallback(TrainerCallback):
         self.restore_on_floor = restore_on_floor
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.progress = progress
         self.trainer = trainer
         self.history: list[dict[str, float]] = []
         self.stop_reason: str | None = None
@@ -126,7 +128,7 @@ class ForgetRetainCallback(TrainerCallback):
         state = PartialState()
         results: dict[str, float] = {}
         for name, rows in self.sets.items():
-            prompts, answers = zip(*(_split_row(row) for row in rows), strict=True)
+            prompts, answers = zip(*(split_row(row) for row in rows), strict=True)
             indices = list(range(len(rows)))
             with state.split_between_processes(indices) as shard:
                 local = self._evaluate_rows(model, [prompts[i] for i in shard], [answers[i] for i in shard])
@@ -140,12 +142,14 @@ class ForgetRetainCallback(TrainerCallback):
             return rows
         if any(m in GENERATION_METRICS for m in self.metrics):
             generated = generate_answers(
-                model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
+                model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                progress=self.progress,
             )
             for row, text in zip(rows, generated, strict=True):
                 row["prediction"] = text
         if "probability" in self.metrics:
-            logprobs = score_answers(model, self.tokenizer, prompts, answers, batch_size=self.batch_size)
+            logprobs = score_answers(model, self.tokenizer, prompts, answers, batch_size=self.batch_size,
+                                     progress=self.progress)
             for row, lp in zip(rows, logprobs, strict=True):
                 row["token_logprobs"] = lp
         return rows

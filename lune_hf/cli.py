@@ -105,9 +105,156 @@ def cmd_demo(argv: Sequence[str]) -> int:
     return 0
 
 
+def _endpoint_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login).")
+    parser.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
+    parser.add_argument("--revision", default=None, help="Branch or commit.")
+
+
+def cmd_publish(argv: Sequence[str]) -> int:
+    from .hub import PublishError, publish
+
+    parser = argparse.ArgumentParser(prog="lune-hf publish", description="Push an unlearning adapter and its "
+                                     "model card to the Hub, in one commit.")
+    parser.add_argument("output_dir", help="Folder written by LuneTrainer.save_model / lune-hf train / demo.")
+    parser.add_argument("repo_id", help="Target repo, namespace/name.")
+    parser.add_argument("--base-model", default=None, help="Hub id of the base model (default: what the run "
+                        "recorded, if it is a Hub id).")
+    parser.add_argument("--summary", default=None, help="One line saying what was unlearned (never the data).")
+    parser.add_argument("--license", default=None, help="License of the adapter (e.g. apache-2.0).")
+    parser.add_argument("--dataset", action="append", default=None, help="Public dataset id (repeatable).")
+    parser.add_argument("--private", action="store_true", help="Create the repo private.")
+    parser.add_argument("--create-pr", action="store_true", help="Open a pull request instead of pushing to main.")
+    parser.add_argument("--commit-message", default=None, help="Commit title.")
+    parser.add_argument("--include-tokenizer", action="store_true", help="Upload the tokenizer files too.")
+    parser.add_argument("--forget-data", default=None, help="Forget set file: refuse to publish if any of its "
+                        "prompts or answers appears in a file to upload.")
+    _endpoint_args(parser)
+    args = parser.parse_args(argv)
+    forget_texts = None
+    if args.forget_data:
+        from .data import load_rows
+
+        forget_texts = [str(v) for row in load_rows(args.forget_data) for v in row.values() if v]
+    try:
+        commit = publish(args.output_dir, args.repo_id, base_model=args.base_model, token=args.token,
+                         private=args.private, revision=args.revision, create_pr=args.create_pr,
+                         commit_message=args.commit_message, endpoint=args.endpoint, summary=args.summary,
+                         license=args.license, datasets=args.dataset, include_tokenizer=args.include_tokenizer,
+                         forget_texts=forget_texts)
+    except PublishError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Published: {commit.pr_url or commit.commit_url}")
+    return 0
+
+
+def cmd_card(argv: Sequence[str]) -> int:
+    from .card import render_card
+    from .hub import check_output_dir, resolve_base_model
+    from .report import PLOT_FILE
+
+    parser = argparse.ArgumentParser(prog="lune-hf card", description="Render the model card publish would "
+                                     "upload, to read it first.")
+    parser.add_argument("output_dir", help="Folder of a finished run.")
+    parser.add_argument("repo_id", help="The repo it would be published to.")
+    parser.add_argument("--base-model", default=None, help="Hub id of the base model.")
+    parser.add_argument("--summary", default=None, help="One line saying what was unlearned.")
+    parser.add_argument("--license", default=None, help="License.")
+    parser.add_argument("--output", default=None, help="Write the card here instead of printing it.")
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    folder = Path(args.output_dir)
+    report = check_output_dir(folder)
+    base = resolve_base_model(folder, report, args.base_model)
+    card = render_card({**report, "base_model": base}, repo_id=args.repo_id, base_model=base,
+                       summary=args.summary, license=args.license, has_plot=(folder / PLOT_FILE).is_file())
+    if args.output:
+        card.save(args.output)
+    else:
+        print(str(card))
+    return 0
+
+
+def cmd_pull(argv: Sequence[str]) -> int:
+    from .hub import load_unlearned
+
+    parser = argparse.ArgumentParser(prog="lune-hf pull", description="Download a base model and unlearning "
+                                     "adapters, apply them and save the result.")
+    parser.add_argument("adapters", nargs="+", help="Adapter repo ids or folders (several are stacked).")
+    parser.add_argument("--base-model", default=None, help="Base model (default: the adapters' recorded base).")
+    parser.add_argument("--output-dir", required=True, help="Where to save the model and tokenizer.")
+    parser.add_argument("--merge", action="store_true", help="Merge the adapters into the weights.")
+    _endpoint_args(parser)
+    args = parser.parse_args(argv)
+    model, tokenizer = load_unlearned(args.adapters, args.base_model, merge=args.merge, token=args.token,
+                                      revision=args.revision, endpoint=args.endpoint)
+    model.save_pretrained(args.output_dir)
+    tokenizer.save_pretrained(args.output_dir)
+    print(f"Saved {'merged model' if args.merge else 'base model + adapter'} to {args.output_dir}")
+    return 0
+
+
+def cmd_eval(argv: Sequence[str]) -> int:
+    import json
+    from pathlib import Path
+
+    from .callbacks import DEFAULT_METRICS, GENERATION_METRICS, SCORING_METRICS, ForgetRetainCallback
+    from .data import load_rows
+
+    parser = argparse.ArgumentParser(prog="lune-hf eval", description="Forget / retain metrics of a model, "
+                                     "with or without unlearning adapters.")
+    parser.add_argument("--model", required=True, help="Base model id or folder.")
+    parser.add_argument("--adapter", action="append", default=None, help="Adapter id or folder (repeatable).")
+    parser.add_argument("--forget", required=True, help="Forget set (file or Hub dataset id).")
+    parser.add_argument("--retain", default=None, help="Retain set.")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
+                        choices=list(GENERATION_METRICS + SCORING_METRICS), help="Metrics to compute.")
+    parser.add_argument("--prompt-column", default="prompt", help="Column holding the prompt.")
+    parser.add_argument("--completion-column", default="completion", help="Column holding the answer.")
+    parser.add_argument("--max-rows", type=int, default=None, help="Evaluate at most N rows of each set.")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="Greedy answer length.")
+    parser.add_argument("--batch-size", type=int, default=32, help="Rows per forward pass.")
+    parser.add_argument("--json", default="eval_results.json", help="Where to write the results.")
+    _endpoint_args(parser)
+    args = parser.parse_args(argv)
+
+    if args.adapter:
+        from .hub import load_unlearned
+
+        model, tokenizer = load_unlearned(args.adapter, args.model, token=args.token, endpoint=args.endpoint,
+                                          revision=args.revision)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
+    from .data import ensure_pad_token
+
+    ensure_pad_token(tokenizer)
+    sets = {name: _rename_columns(load_rows(src), args.prompt_column, args.completion_column, src)
+            for name, src in (("forget", args.forget), ("retain", args.retain)) if src}
+    callback = ForgetRetainCallback(sets["forget"], sets.get("retain"), tokenizer=tokenizer, metrics=args.metrics,
+                                    max_rows=args.max_rows, max_new_tokens=args.max_new_tokens,
+                                    batch_size=args.batch_size, progress=True)
+    results = callback.evaluate(model)
+    print(f"{'metric':<28}{'value':>10}")
+    for key, value in results.items():
+        print(f"{key:<28}{value:>10.4f}")
+    payload = {"model": args.model, "adapters": args.adapter or [], "rows": {k: len(v) for k, v in sets.items()},
+               "results": results}
+    Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"Results written to {args.json}")
+    return 0
+
+
 COMMANDS = {
     "demo": (cmd_demo, "unlearn synthetic facts from a tiny model, offline (a minute on 2 CPU cores)"),
     "train": (cmd_train, "unlearn with a recipe: lune-hf train --config recipes/<name>.yaml [--field value ...]"),
+    "eval": (cmd_eval, "forget / retain metrics of a model and optional adapters"),
+    "card": (cmd_card, "render the model card of an output folder without publishing"),
+    "publish": (cmd_publish, "push an adapter, its report and a model card to the Hub"),
+    "pull": (cmd_pull, "download and apply unlearning adapters (stacked or merged) and save the model"),
 }
 
 

@@ -4,7 +4,9 @@ Rows follow TRL's conventions:
 
 * standard: ``{"prompt": str, "completion": str}`` (forget rows may add ``"replacement": str``);
 * conversational: ``{"prompt": [messages], "completion": [messages]}`` or ``{"messages": [messages]}`` (the
-  last assistant message is the completion), rendered with the tokenizer's chat template.
+  last assistant message is the completion), rendered with the tokenizer's chat template;
+* already tokenised: ``{"input_ids": [...], "labels": [...]}`` with the prompt labelled -100, as an ordinary
+  `Trainer` script prepares them (the prompt is the part before the first label).
 """
 
 from __future__ import annotations
@@ -59,12 +61,16 @@ def is_conversational(row: dict[str, Any]) -> bool:
     return "messages" in row or isinstance(row.get("prompt"), list)
 
 
-def validate_columns(dataset: Dataset, name: str) -> None:
+def is_tokenized(columns) -> bool:
+    return "input_ids" in columns and "labels" in columns and "prompt" not in columns
+
+
+def validate_columns(dataset: Dataset, name: str, tokenized_ok: bool = True) -> None:
     """Fail early, naming the missing column and the ones present."""
     if dataset is None or len(dataset) == 0:
         raise ValueError(f"The {name} set is empty: give at least one row with `prompt` and `completion`.")
     columns = set(dataset.column_names)
-    if "messages" in columns:
+    if "messages" in columns or (tokenized_ok and is_tokenized(columns)):
         return
     missing = [c for c in ("prompt", "completion") if c not in columns]
     if missing:
@@ -90,7 +96,7 @@ def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], generati
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-def _split_row(row: dict[str, Any]) -> tuple[Any, Any]:
+def split_row(row: dict[str, Any]) -> tuple[Any, Any]:
     """(prompt, completion) of a row in any supported format."""
     if "messages" in row:
         messages = row["messages"]
@@ -121,12 +127,27 @@ def completion_ids(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: 
     return ids
 
 
+def split_tokenized(row: dict[str, Any], where: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of a tokenised row: the prompt is everything before the first label."""
+    ids, labels = list(row["input_ids"]), list(row["labels"])
+    if len(ids) != len(labels):
+        raise ValueError(f"{where}: input_ids has {len(ids)} tokens but labels {len(labels)}.")
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+    if start is None:
+        raise ValueError(f"{where}: every label is -100, so the row has no answer to train on.")
+    return ids[:start], ids[start:]
+
+
 def tokenize_example(
     tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any, max_length: int, where: str
 ) -> dict[str, list[int]]:
     """`input_ids` and `labels` (prompt masked with -100) of one prompt/answer pair, cut to `max_length`."""
-    head = prompt_ids(tokenizer, prompt)
-    tail = completion_ids(tokenizer, prompt, completion)
+    return pack_example(prompt_ids(tokenizer, prompt), completion_ids(tokenizer, prompt, completion), max_length,
+                        where)
+
+
+def pack_example(head: list[int], tail: list[int], max_length: int, where: str) -> dict[str, list[int]]:
+    """Prompt ids + answer ids into `input_ids` / `labels`, the answer cut so the whole fits `max_length`."""
     if not tail:
         raise ValueError(f"{where}: the answer is empty.")
     if len(head) >= max_length:
@@ -199,21 +220,29 @@ def build_unlearning_dataset(
         validate_columns(retain, "retain")
     use_column = replacement_column is not None and replacement_column in forget.column_names
 
+    def pair(row: dict[str, Any], where: str) -> tuple[Any, list[int], list[int]]:
+        """(prompt, prompt ids, answer ids) of a row in any supported format."""
+        if is_tokenized(row):
+            head, tail = split_tokenized(row, where)
+            return "", head, tail
+        prompt, completion = split_row(row)
+        return prompt, prompt_ids(tokenizer, prompt), completion_ids(tokenizer, prompt, completion)
+
     def forget_example(i: int, row: dict[str, Any]) -> dict[str, list[int]]:
-        prompt, completion = _split_row(row)
+        where = f"forget row {i}"
+        prompt, head, tail = pair(row, where)
         out: dict[str, list[int]] = {}
         if uses_answer:
-            out |= _prefixed(FORGET_PREFIX, tokenize_example(tokenizer, prompt, completion, max_length,
-                                                             f"forget row {i}"))
+            out |= _prefixed(FORGET_PREFIX, pack_example(head, tail, max_length, where))
         if uses_replacement:
             replacement = (row.get(replacement_column) if use_column else None) or pick_refusal(refusals, i)
-            out |= _prefixed(REPLACEMENT_PREFIX, tokenize_example(tokenizer, prompt, replacement, max_length,
-                                                                  f"forget row {i} (replacement)"))
+            out |= _prefixed(REPLACEMENT_PREFIX, pack_example(head, completion_ids(tokenizer, prompt, replacement),
+                                                              max_length, f"{where} (replacement)"))
         return out
 
     def retain_example(i: int, row: dict[str, Any]) -> dict[str, list[int]]:
-        prompt, completion = _split_row(row)
-        return _prefixed(RETAIN_PREFIX, tokenize_example(tokenizer, prompt, completion, max_length, f"retain row {i}"))
+        _, head, tail = pair(row, f"retain row {i}")
+        return _prefixed(RETAIN_PREFIX, pack_example(head, tail, max_length, f"retain row {i}"))
 
     return UnlearningDataset(
         _tokenize_rows(forget, "forget", forget_example),

@@ -85,6 +85,15 @@ def _lora_settings(model) -> dict[str, Any]:
     }
 
 
+BASE_CONFIG_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+def base_config_summary(model) -> dict[str, Any]:
+    """The backbone's architecture and sizes, to check later that an adapter meets the right base."""
+    config = getattr(model, "config", None)
+    return {key: getattr(config, key, None) for key in BASE_CONFIG_KEYS} if config is not None else {}
+
+
 def build_run_report(trainer) -> dict[str, Any]:
     """Everything the model card needs about a `LuneTrainer` run."""
     from . import __version__
@@ -124,6 +133,7 @@ def build_run_report(trainer) -> dict[str, Any]:
             **{f"lora_{k}" if not k.startswith("lora") else k: v for k, v in _lora_settings(model).items()},
         },
         "parameters": {"trainable": n_trainable, "total": n_total},
+        "base_config": base_config_summary(model),
         "global_step": trainer.state.global_step,
         "stop_reason": stop_reasons[0] if stop_reasons else None,
         "forget_set": {"rows": len(trainer.forget_dataset), "sha256": fingerprint(trainer.forget_dataset)},
@@ -180,7 +190,7 @@ def before_after_rows(report: dict[str, Any]) -> list[tuple[str, float | None, f
     return [(key, before.get(key), after.get(key)) for key in sorted(set(before) | set(after))]
 
 
-def _fmt(value: float | None) -> str:
+def format_metric(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
@@ -201,7 +211,7 @@ def render_markdown(report: dict[str, Any], plot_name: str | None) -> str:
     rows = before_after_rows(report)
     if rows:
         lines += ["", "| metric | before | after |", "| --- | ---: | ---: |"]
-        lines += [f"| {k} | {_fmt(b)} | {_fmt(a)} |" for k, b, a in rows]
+        lines += [f"| {k} | {format_metric(b)} | {format_metric(a)} |" for k, b, a in rows]
     if plot_name:
         lines += ["", f"![forget and retain metrics over training]({plot_name})"]
     lines += ["", "## Hyper-parameters", "", "| name | value |", "| --- | --- |"]

@@ -14,6 +14,7 @@ import copy  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from fixtures_hub import fake_hub, hub_no_retry_sleep  # noqa: E402, F401
 
 from lune_hf.synthetic import build_tiny_model, build_tokenizer, make_facts, memorised_model  # noqa: E402
 

@@ -1,0 +1,98 @@
+"""Model cards for unlearning adapters, rendered from `model_cards/lune_adapter.md` with `huggingface_hub.ModelCard`.
+
+The card is built only from the unlearning report (numbers, hyper-parameters, fingerprints): it never
+sees the forget data, so it cannot leak it.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata, resources
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .report import before_after_rows, format_metric
+
+TEMPLATE = "lune_adapter.md"
+TAGS = ["lune", "unlearning", "lora", "peft"]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def template_text() -> str:
+    return resources.files("lune_hf.model_cards").joinpath(TEMPLATE).read_text(encoding="utf-8")
+
+
+def eval_results(report: dict[str, Any], dataset_name: str = "forget / retain sets") -> list[EvalResult]:
+    """`model-index` entries: the after-unlearning value of every forget/* and retain/* metric."""
+    results = []
+    for key, _, after in before_after_rows(report):
+        if after is None:
+            continue
+        split, metric = key.split("/", 1)
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="Unlearning",
+                dataset_type="lune-unlearning",
+                dataset_name=dataset_name,
+                dataset_split=split,
+                metric_type=metric,
+                metric_name=key,
+                metric_value=round(float(after), 4),
+            )
+        )
+    return results
+
+
+def render_card(
+    report: dict[str, Any],
+    *,
+    repo_id: str,
+    base_model: str,
+    summary: str | None = None,
+    license: str | None = None,
+    datasets: list[str] | None = None,
+    has_plot: bool = False,
+) -> ModelCard:
+    """The README.md of an unlearning adapter repository."""
+    results = eval_results(report)
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        pipeline_tag="text-generation",
+        tags=TAGS,
+        license=license,
+        datasets=datasets or None,
+        model_name=repo_id,
+        eval_results=results or None,
+    )
+    summary = summary or "An adapter that makes the base model forget a set of facts (summary not given)."
+    rows = [
+        {"name": key, "before": format_metric(before), "after": format_metric(after)}
+        for key, before, after in before_after_rows(report)
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_str=template_text(),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        summary=summary.strip(),
+        base_model=base_model,
+        objective=report["objective"],
+        parameters=report["parameters"],
+        forget_set=report["forget_set"],
+        retain_set=report.get("retain_set"),
+        hyperparameters=report["hyperparameters"],
+        global_step=report.get("global_step"),
+        stop_reason=report.get("stop_reason"),
+        results=rows,
+        has_plot=has_plot,
+        versions={p.replace("-", "_"): _version(p)
+                  for p in ("lune-hf", "peft", "transformers", "torch", "huggingface_hub")},
+    )

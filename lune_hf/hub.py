@@ -1,0 +1,330 @@
+"""Share unlearning adapters on the Hugging Face Hub: `publish` an output folder, `load_unlearned` it back.
+
+Everything goes through `huggingface_hub` (`HfApi.create_repo`, `HfApi.upload_folder`, `snapshot_download`):
+the default endpoint is the real Hub; `endpoint=` (or `HF_ENDPOINT`) points at another Hub-compatible server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
+
+from .card import render_card
+from .report import BASE_CONFIG_KEYS, PLOT_FILE, REPORT_FILE, RunStatus, read_report
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+class PublishError(RuntimeError):
+    """Publishing failed; the local output folder is untouched."""
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter does not fit the base model it is applied to."""
+
+
+def is_hub_id(value: str | None) -> bool:
+    """A Hub repo id (`name` or `namespace/name`) that is not an existing local path."""
+    return bool(value) and _REPO_ID.match(value) is not None and not Path(value).exists() and ".." not in value
+
+
+def _redact(text: str, token: str | None) -> str:
+    return text.replace(token, "<token>") if token else text
+
+
+# --------------------------------------------------------------------------------------------------
+# Publish
+# --------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(output_dir: str | Path) -> dict[str, Any]:
+    """Refuse a folder that holds no complete, safetensors adapter from a finished run; return its report."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        raise PublishError(f"{folder}: no such folder.")
+    present = sorted(p.name for p in folder.iterdir())
+    if not (folder / ADAPTER_WEIGHTS).is_file() or not (folder / ADAPTER_CONFIG).is_file():
+        pickles = [name for name in present if name.startswith("adapter_model") and name.endswith(PICKLE_SUFFIXES)]
+        hint = (f" It holds {pickles[0]} (a pickle): re-save with safetensors (the default of save_pretrained)."
+                if pickles else "")
+        raise PublishError(
+            f"{folder}: no adapter to publish (needs {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG}; found {present}).{hint}"
+        )
+    report = read_report(folder)
+    if report is None:
+        raise PublishError(f"{folder}: no {REPORT_FILE}; the run did not finish saving. Train and save again.")
+    if report.get("status") != RunStatus.COMPLETED.value:
+        detail = report.get("status_detail") or ""
+        raise PublishError(
+            f"{folder}: the run did not complete (status {report.get('status')!r}{': ' + detail if detail else ''}); "
+            "refusing to publish a failed or unfinished adapter."
+        )
+    return report
+
+
+def resolve_base_model(output_dir: Path, report: dict[str, Any], base_model: str | None) -> str:
+    """The Hub id of the base model: the argument, else what the run recorded; an error if neither is a Hub id."""
+    config = json.loads((output_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    candidates = [base_model, report.get("base_model"), config.get("base_model_name_or_path")]
+    for candidate in candidates:
+        if candidate and is_hub_id(candidate):
+            return candidate
+        if candidate and base_model is not None:
+            raise PublishError(f"base_model {candidate!r} is not a Hub repo id (namespace/name).")
+    recorded = [c for c in candidates[1:] if c]
+    raise PublishError(
+        f"The base model must be a Hub id so that others can load the adapter; the run recorded "
+        f"{recorded[0]!r} (a local path)." if recorded else "The run recorded no base model."
+        " Pass base_model='namespace/name' (lune-hf publish --base-model namespace/name)."
+    )
+
+
+def stage_folder(
+    output_dir: str | Path,
+    staging: Path,
+    *,
+    repo_id: str,
+    base_model: str | None = None,
+    summary: str | None = None,
+    license: str | None = None,
+    datasets: Sequence[str] | None = None,
+    include_tokenizer: bool = False,
+) -> list[str]:
+    """Copy exactly the files to publish into `staging`, with the card and the real base id; return their names."""
+    folder = Path(output_dir)
+    report = check_output_dir(folder)
+    base = resolve_base_model(folder, report, base_model)
+    shutil.copy2(folder / ADAPTER_WEIGHTS, staging / ADAPTER_WEIGHTS)
+    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    report = {**report, "base_model": base}
+    (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    has_plot = (folder / PLOT_FILE).is_file()
+    if has_plot:
+        shutil.copy2(folder / PLOT_FILE, staging / PLOT_FILE)
+    if include_tokenizer:
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, staging / name)
+    card = render_card(report, repo_id=repo_id, base_model=base, summary=summary, license=license,
+                       datasets=list(datasets) if datasets else None, has_plot=has_plot)
+    card.save(staging / "README.md")
+    return sorted(p.name for p in staging.iterdir())
+
+
+def find_leaks(folder: Path, secrets: Sequence[str]) -> list[tuple[str, str]]:
+    """(file, secret) for every secret string found in a file of `folder` (binary files included)."""
+    leaks = []
+    needles = [(s, s.encode("utf-8")) for s in secrets if s and s.strip()]
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        leaks.extend((path.name, text) for text, raw in needles if raw in data)
+    return leaks
+
+
+def publish(
+    output_dir: str | Path,
+    repo_id: str,
+    *,
+    base_model: str | None = None,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    endpoint: str | None = None,
+    summary: str | None = None,
+    license: str | None = None,
+    datasets: Sequence[str] | None = None,
+    include_tokenizer: bool = False,
+    forget_texts: Sequence[str] | None = None,
+):
+    """Publish an unlearning run's output folder to the Hub, in one commit. Returns the `CommitInfo`.
+
+    Uploads `adapter_model.safetensors`, `adapter_config.json` (with the real base model id),
+    `unlearning_report.json`, the plot and a generated `README.md` model card; with `include_tokenizer`
+    the tokenizer files too (off by default: LoRA leaves the base tokenizer unchanged, and a tokenizer built
+    on the forget data would carry its words). Never pickles, training arguments or data.
+
+    `forget_texts`: the prompts and answers of the forget set; publishing is refused if any of them
+    appears in a file about to be uploaded.
+    """
+    if not is_hub_id(repo_id) or "/" not in repo_id:
+        raise PublishError(f"repo_id {repo_id!r} must look like 'namespace/name'.")
+    with tempfile.TemporaryDirectory(prefix="lune-publish-") as tmp:
+        staging = Path(tmp)
+        files = stage_folder(output_dir, staging, repo_id=repo_id, base_model=base_model, summary=summary,
+                             license=license, datasets=datasets, include_tokenizer=include_tokenizer)
+        leaks = find_leaks(staging, [token or ""] + list(forget_texts or []))
+        if leaks:
+            names = sorted({name for name, _ in leaks})
+            what = "the token" if token and any(text == token for _, text in leaks) else "forget-set text"
+            raise PublishError(f"Refusing to publish: {what} found in {names}.")
+        api = HfApi(endpoint=endpoint, token=token)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            commit = api.upload_folder(
+                folder_path=staging,
+                repo_id=repo_id,
+                repo_type="model",
+                revision=revision,
+                create_pr=create_pr,
+                commit_message=commit_message or "Upload LUNE unlearning adapter",
+            )
+        except HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            raise PublishError(_redact(_http_message(repo_id, status, err), token)) from None
+        except Exception as err:  # network failures: connection refused, dropped mid-upload, timeouts
+            raise PublishError(
+                _redact(f"Could not publish to {repo_id}: {type(err).__name__}: {err}. The local folder "
+                        f"{output_dir} is unchanged; try again.", token)
+            ) from None
+    logger.info("Published %s to %s", ", ".join(files), repo_id)
+    return commit
+
+
+def _http_message(repo_id: str, status: int | None, err: Exception) -> str:
+    reasons = {
+        401: "the token is missing or invalid (log in with `hf auth login` or pass token=)",
+        403: "the token may not write to this namespace (use a write token with access to it)",
+    }
+    reason = reasons.get(status) or (
+        "the Hub had a server error; try again later" if status and status >= 500 else f"{err}"
+    )
+    return f"Could not publish to {repo_id} (HTTP {status}): {reason}. The local output folder is unchanged."
+
+
+# --------------------------------------------------------------------------------------------------
+# Load
+# --------------------------------------------------------------------------------------------------
+
+
+def _local_copy(source: str | Path, *, token, revision, endpoint, cache_dir, allow_patterns=None) -> Path:
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if not is_hub_id(str(source)):
+        raise FileNotFoundError(f"{source}: neither a local folder nor a Hub repo id.")
+    return Path(snapshot_download(str(source), revision=revision, token=token, endpoint=endpoint,
+                                  cache_dir=cache_dir, allow_patterns=allow_patterns))
+
+
+def check_adapter_fits(base, adapter_dir: Path, config: dict[str, Any]) -> None:
+    """Compare architecture, sizes and target modules of an adapter with a base model; explain a mismatch."""
+    report = read_report(adapter_dir) or {}
+    recorded = report.get("base_config") or {}
+    for key in BASE_CONFIG_KEYS:
+        want, have = recorded.get(key), getattr(base.config, key, None)
+        if want is not None and have is not None and want != have:
+            raise AdapterMismatchError(
+                f"{adapter_dir.name}: the adapter was trained on a base with {key}={want}, this base has {have}."
+            )
+    from safetensors import safe_open
+
+    modules = dict(base.named_modules())
+    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as handle:
+        for key in handle.keys():
+            match = re.match(r"^(?:base_model\.model\.)?(.*)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
+            if not match:
+                continue
+            module_name, which = match.groups()
+            module = modules.get(module_name)
+            if module is None:
+                raise AdapterMismatchError(
+                    f"{adapter_dir.name}: the adapter targets {module_name!r}, which this base model does not have."
+                )
+            shape = handle.get_slice(key).get_shape()
+            size, expected = (shape[1], getattr(module, "in_features", None)) if which == "A" else (
+                shape[0], getattr(module, "out_features", None))
+            if expected is not None and size != expected:
+                raise AdapterMismatchError(
+                    f"{adapter_dir.name}: {module_name} has {'input' if which == 'A' else 'output'} size "
+                    f"{expected} in this base model but {size} in the adapter."
+                )
+
+
+def load_unlearned(
+    adapter_repo_or_path: str | Path | Sequence[str | Path],
+    base_model: str | None = None,
+    *,
+    merge: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | Path | None = None,
+    torch_dtype: Any = None,
+):
+    """Download a base model and one or more unlearning adapters, apply them, return `(model, tokenizer)`.
+
+    Several adapters (successive deletion requests) are stacked: their low-rank updates are summed
+    (peft `add_weighted_adapter(..., combination_type="cat")`), or with `merge=True` merged into the weights.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sources = [adapter_repo_or_path] if isinstance(adapter_repo_or_path, (str, Path)) else list(adapter_repo_or_path)
+    if not sources:
+        raise ValueError("Give at least one adapter.")
+    folders = [_local_copy(s, token=token, revision=revision, endpoint=endpoint, cache_dir=cache_dir)
+               for s in sources]
+    configs = []
+    for folder in folders:
+        if not (folder / ADAPTER_CONFIG).is_file():
+            raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG}; is this an adapter?")
+        configs.append(json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")))
+    recorded = {c.get("base_model_name_or_path") for c in configs} - {None}
+    if base_model is None:
+        if len(recorded) != 1:
+            raise ValueError(f"Cannot tell the base model (adapters record {sorted(recorded) or 'none'}); "
+                             "pass base_model=.")
+        base_model = recorded.pop()
+    elif len(recorded) > 1:
+        logger.warning("The adapters were trained on different bases %s; applying them to %s.", recorded, base_model)
+
+    base_dir = _local_copy(base_model, token=token, revision=None, endpoint=endpoint, cache_dir=cache_dir)
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    tokenizer_dir = next((f for f in folders if (f / "tokenizer_config.json").is_file()), base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for folder, config in zip(folders, configs, strict=True):
+        check_adapter_fits(model, folder, config)
+
+    names = [f"unlearn_{i}" for i in range(len(folders))]
+    model = PeftModel.from_pretrained(model, folders[0], adapter_name=names[0])
+    for name, folder in zip(names[1:], folders[1:], strict=True):
+        model.load_adapter(folder, adapter_name=name)
+    if len(names) > 1:
+        model.add_weighted_adapter(names, weights=[1.0] * len(names), adapter_name="stacked",
+                                   combination_type="cat")
+        model.set_adapter("stacked")
+        for name in names:
+            model.delete_adapter(name)
+    if merge:
+        model = model.merge_and_unload()
+    return model.eval(), tokenizer

@@ -1,0 +1,99 @@
+"""The command line and the example scripts, run in-process on the tiny memorised model."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from lune_hf.cli import main
+from lune_hf.demo import run_demo, split_facts
+from lune_hf.report import MARKDOWN_FILE, PLOT_FILE, REPORT_FILE, read_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_files(memorised, tmp_path_factory):
+    """The memorised base model and its forget / retain data as files, laid out like `lune-hf demo` does."""
+    root = tmp_path_factory.mktemp("cli")
+    memorised.model.save_pretrained(root / "base_model")
+    memorised.tokenizer.save_pretrained(root / "base_model")
+    forget, retain = split_facts(memorised.facts)
+    (root / "data").mkdir()
+    for name, facts in (("forget", forget), ("retain", retain)):
+        with (root / "data" / f"{name}.jsonl").open("w") as handle:
+            handle.writelines(json.dumps(f.row()) + "\n" for f in facts)
+    return root
+
+
+def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_path, capsys):
+    out = tmp_path / "trained"
+    code = main([
+        "train", "--config", str(ROOT / "recipes" / "demo.yaml"),
+        "--model_name_or_path", str(demo_files / "base_model"),
+        "--forget_data", str(demo_files / "data" / "forget.jsonl"),
+        "--retain_data", str(demo_files / "data" / "retain.jsonl"),
+        "--output_dir", str(out), "--use_cpu", "true", "--disable_tqdm", "true",
+    ])
+    assert code == 0
+    report = read_report(out)
+    assert report["status"] == "completed"
+    assert report["hyperparameters"]["learning_rate"] == 0.01  # from the YAML
+    assert report["evaluation"]["after"]["forget/rouge_l"] <= 0.1  # forget_target from the YAML stopped it
+    assert (out / "adapter_model.safetensors").is_file() and (out / MARKDOWN_FILE).is_file()
+
+    results = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(demo_files / "base_model"), "--adapter", str(out),
+                 "--forget", str(demo_files / "data" / "forget.jsonl"),
+                 "--retain", str(demo_files / "data" / "retain.jsonl"),
+                 "--max-new-tokens", "6", "--json", str(results)]) == 0
+    payload = json.loads(results.read_text())
+    assert payload["rows"] == {"forget": 12, "retain": 108}
+    assert payload["results"]["forget/exact_match"] <= 0.1
+    assert payload["results"]["retain/exact_match"] >= 0.9
+    assert "forget/rouge_l" in capsys.readouterr().out
+
+
+def test_train_names_a_missing_column(demo_files, tmp_path):
+    with pytest.raises(ValueError, match=r"no column 'question'.*\['completion', 'prompt'\]"):
+        main(["train", "--model_name_or_path", str(demo_files / "base_model"),
+              "--forget_data", str(demo_files / "data" / "forget.jsonl"), "--prompt_column", "question",
+              "--output_dir", str(tmp_path), "--use_cpu", "true"])
+
+
+def test_drop_in_script_unlearns_with_an_ordinary_trainer_setup(demo_files, tmp_path, monkeypatch, memorised):
+    from lune_hf.callbacks import ForgetRetainCallback
+    from lune_hf.data import load_rows
+    from lune_hf.hub import load_unlearned
+
+    out = tmp_path / "drop-in"
+    monkeypatch.setattr(sys, "argv", ["drop_in.py", "--model", str(demo_files / "base_model"),
+                                      "--train-data", str(demo_files / "data" / "retain.jsonl"),
+                                      "--forget-data", str(demo_files / "data" / "forget.jsonl"),
+                                      "--output-dir", str(out)])
+    runpy.run_path(str(ROOT / "recipes" / "drop_in.py"), run_name="__main__")
+    model, tokenizer = load_unlearned(out, base_model=str(demo_files / "base_model"))
+    cb = ForgetRetainCallback(load_rows(demo_files / "data" / "forget.jsonl"),
+                              load_rows(demo_files / "data" / "retain.jsonl"), tokenizer=tokenizer,
+                              metrics=("exact_match",), max_new_tokens=6)
+    results = cb.evaluate(model)
+    assert results["forget/exact_match"] <= 0.1 and results["retain/exact_match"] >= 0.9
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["forget-everything"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+
+
+def test_demo_meets_its_thresholds(tmp_path, capsys):
+    result = run_demo(tmp_path / "demo")
+    out = capsys.readouterr().out
+    assert result.after["forget/exact_match"] <= 0.1
+    assert result.after["retain/exact_match"] >= 0.9 * result.before["retain/exact_match"]
+    assert "forget/exact_match" in out and "sample answers" in out and MARKDOWN_FILE in out
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", REPORT_FILE, PLOT_FILE):
+        assert (tmp_path / "demo" / name).is_file(), name
