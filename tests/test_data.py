@@ -159,3 +159,21 @@ def test_plain_training_arguments_are_converted(tiny, tiny_model, tmp_path):
     trainer = LuneTrainer(tiny_model, args, train_dataset=rows(facts[:4]), processing_class=tok)
     assert isinstance(trainer.args, LuneConfig)
     assert trainer.args.learning_rate == 3e-3 and trainer.args.objective == "lune"
+
+
+def test_pretokenised_rows_from_an_ordinary_trainer_script(tiny):
+    facts, tok = tiny
+    prompt = tok(facts[0].prompt)["input_ids"]
+    answer = tok(facts[0].completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    data = Dataset.from_list([{"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}])
+    ds = build_unlearning_dataset(data, tok, max_length=64, uses_answer=True, uses_replacement=True,
+                                  refusals=["I have no information"])
+    assert ds[0]["forget_input_ids"] == prompt + answer
+    assert ds[0]["replacement_input_ids"][: len(prompt)] == prompt
+    refusal = [t for t in ds[0]["replacement_labels"] if t != -100]
+    assert tok.decode(refusal, skip_special_tokens=True) == "I have no information"
+
+    unlabeled = Dataset.from_list([{"input_ids": prompt, "labels": [-100] * len(prompt)}])
+    with pytest.raises(ValueError, match="forget row 0: every label is -100"):
+        build_unlearning_dataset(unlabeled, tok, max_length=64, uses_answer=True, uses_replacement=False,
+                                 refusals=["x"])
