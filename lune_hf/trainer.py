@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 
 from . import objectives as obj
@@ -95,8 +98,19 @@ class LuneTrainer(Trainer):
             name = (model_id or type(model).__name__).rstrip("/").split("/")[-1]
             args = LuneConfig(output_dir=f"{name}-lune")
         elif not isinstance(args, LuneConfig):
-            args = LuneConfig(**{k: v for k, v in args.to_dict().items() if not k.startswith("_")})
+            args = _to_lune_config(args)
         spec = args.spec
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and args.world_size == 1:
+            raise RuntimeError(
+                f"Launched as {launched} processes, but training would run {launched} independent single-process "
+                "copies: on a machine without GPUs set `use_cpu=True` (`--use_cpu true` on the command line) so the "
+                "processes join over gloo."
+            )
+
+        if data_collator is not None:
+            logger.warning("LuneTrainer batches forget, replacement and retain rows with its own collator; the "
+                           "data_collator passed in is not used.")
 
         # ---- data checks first: nothing is loaded or trained on bad input ----
         if train_dataset is None:
@@ -122,6 +136,9 @@ class LuneTrainer(Trainer):
         if not isinstance(model, PeftModel):
             if args.gradient_checkpointing:
                 model.enable_input_require_grads()
+            # Seeded adapter init: the same on every rank (ZeRO-3 / FSDP shard it without a broadcast from rank 0)
+            # and the same whatever the launcher or number of processes.
+            set_seed(args.seed)
             model = get_peft_model(model, peft_config or default_lora_config(args))
         if args.gradient_checkpointing and args.gradient_checkpointing_kwargs is None:
             args.gradient_checkpointing_kwargs = {"use_reentrant": False}
@@ -130,8 +147,6 @@ class LuneTrainer(Trainer):
                 raise ValueError(f"{args.objective!r} needs a reference: train with LoRA or pass `ref_model`.")
         self.ref_model = ref_model
         self.base_model_id = _base_model_id(model, model_id)
-        for cfg in getattr(model, "peft_config", {}).values():
-            cfg.base_model_name_or_path = cfg.base_model_name_or_path or self.base_model_id
 
         # ---- tokenise ----
         refusals = args.refusals or default_refusals()
@@ -156,7 +171,7 @@ class LuneTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or UnlearningCollator(processing_class.pad_token_id),
+            data_collator=UnlearningCollator(processing_class.pad_token_id),
             train_dataset=train_tokens,
             eval_dataset=eval_tokens,
             processing_class=processing_class,
@@ -257,21 +272,32 @@ class LuneTrainer(Trainer):
             logged["loss/retain"] = retain_loss.detach()
 
         for key, value in logged.items():
-            self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value.reshape(1)).mean().item())
+            # One scalar per rank: `gather`, not `gather_for_metrics`, which would cut it to the last batch's remainder.
+            self._metrics[mode][key].append(self.accelerator.gather(value.reshape(1)).mean().item())
 
         if mode == "train":
             self._guard_finite(model, loss)
         return (loss, None) if return_outputs else loss
 
     def _guard_finite(self, model, loss: torch.Tensor) -> None:
-        """Keep a copy of the adapter weights that gave a finite loss; on NaN/inf restore it, save and stop."""
-        if math.isfinite(loss.item()):
+        """Keep a copy of the adapter weights that gave a finite loss; on NaN/inf restore it, save and stop.
+
+        Under several processes the decision is taken together: one rank stopping alone would leave the
+        others waiting in the gradient all-reduce.
+        """
+        value = loss.item()
+        finite = math.isfinite(value)
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.gather(torch.tensor([float(finite)], device=loss.device))
+            finite = bool(flags.min().item() > 0)
+        if finite:
             unwrapped = self.accelerator.unwrap_model(model)
             if isinstance(unwrapped, PeftModel) and self.state.global_step >= self._last_good_step:
                 self._last_good = trainable_state(unwrapped)
                 self._last_good_step = self.state.global_step + 1
             return
         step = self.state.global_step
+        what = str(value) if not math.isfinite(value) else "non-finite on another process"
         saved = ""
         if self._last_good is not None:
             load_trainable_state(self.accelerator.unwrap_model(model), self._last_good)
@@ -281,7 +307,7 @@ class LuneTrainer(Trainer):
             good_step = self._last_good_step - 1
             saved = f" The last good adapter (weights of step {good_step}) was saved to {self.args.output_dir}."
         raise NonFiniteLossError(
-            f"The {self.args.objective!r} loss became {loss.item()} at step {step}.{saved} Lower the learning rate "
+            f"The {self.args.objective!r} loss became {what} at step {step}.{saved} Lower the learning rate "
             "(or the number of steps for gradient ascent), or switch to a bounded objective such as 'npo'."
         )
 
@@ -322,6 +348,8 @@ class LuneTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save adapter and tokenizer, then the unlearning report (written last: a report means a complete folder)."""
         output_dir = output_dir or self.args.output_dir
+        for cfg in getattr(self.accelerator.unwrap_model(self.model), "peft_config", {}).values():
+            cfg.base_model_name_or_path = cfg.base_model_name_or_path or self.base_model_id
         super().save_model(output_dir, _internal_call)
         if self.is_world_process_zero():
             report = build_run_report(self)
@@ -337,6 +365,14 @@ class _RetainPairingCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
+
+
+def _to_lune_config(args: TrainingArguments) -> LuneConfig:
+    """A `LuneConfig` with every value of a plain `TrainingArguments` (or a TRL config) that it knows."""
+    known = {f.name for f in dataclasses.fields(LuneConfig) if f.init}
+    values = {k: v for k, v in args.to_dict().items() if k in known}
+    values["hub_token"] = args.hub_token  # to_dict() masks it
+    return LuneConfig(**values)
 
 
 def _base_model_id(model, model_id: str | None) -> str | None:
