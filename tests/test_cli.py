@@ -59,7 +59,8 @@ def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_pat
 
 
 def test_train_names_a_missing_column(demo_files, tmp_path):
-    with pytest.raises(ValueError, match=r"no column 'question'.*\['completion', 'prompt'\]"):
+    expected = r"forget.jsonl: no column 'question'; columns present: \['prompt', 'completion'\]"
+    with pytest.raises(ValueError, match=expected):
         main(["train", "--model_name_or_path", str(demo_files / "base_model"),
               "--forget_data", str(demo_files / "data" / "forget.jsonl"), "--prompt_column", "question",
               "--output_dir", str(tmp_path), "--use_cpu", "true"])

@@ -27,8 +27,8 @@ PUBLISHED = {"adapter_model.safetensors", "adapter_config.json", "README.md", RE
 @pytest.fixture(scope="module")
 def adapters(memorised, tmp_path_factory):
     """The memorised base saved to disk and two successive deletion requests: adapter `a` forgets one tenth of the
-    facts; adapter `b` another tenth, trained as a second request is: on the base with `a` merged in, keeping what
-    that model now answers to `a`'s prompts as retain data."""
+    facts; adapter `b` another tenth, trained as a second request is: on the base with `a` merged in, with `a`'s
+    prompts among its negative examples, answered as that model now answers them (so `a`'s refusals hold)."""
     from peft import PeftModel
 
     from lune_hf.evaluation import generate_answers
@@ -42,21 +42,21 @@ def adapters(memorised, tmp_path_factory):
     retain = [f for i, f in enumerate(facts) if i % 5]
     out = {"base": base_dir, "facts": subsets, "retain": retain}
     for name, forget in subsets.items():
-        start, keep = copy.deepcopy(memorised.model), rows(retain)
+        start, negatives = copy.deepcopy(memorised.model), rows(forget)
         if name == "b":
             start = PeftModel.from_pretrained(start, root / "a").merge_and_unload()
-            prompts = [f.prompt for f in subsets["a"]]
-            answers = generate_answers(start, memorised.tokenizer, prompts, max_new_tokens=12)
-            keep = Dataset.from_list([f.row() for f in retain] + [
-                {"prompt": p, "completion": " " + a} for p, a in zip(prompts, answers, strict=True)])
+            previous = subsets["a"]
+            answers = generate_answers(start, memorised.tokenizer, [f.prompt for f in previous], max_new_tokens=12)
+            negatives = Dataset.from_list([{**f.row(), "replacement": None} for f in forget] + [
+                {**f.row(), "replacement": " " + a} for f, a in zip(previous, answers, strict=True)])
         cb = ForgetRetainCallback(rows(forget), rows(retain), eval_steps=1000, metrics=("exact_match",),
                                   stop_metric="exact_match", max_new_tokens=6)
         trainer = LuneTrainer(
             start,
             LuneConfig(output_dir=str(root / name), use_cpu=True, report_to="none", disable_tqdm=True,
                        learning_rate=1e-2, num_train_epochs=100, per_device_train_batch_size=4, logging_steps=50),
-            train_dataset=rows(forget),
-            retain_dataset=keep,
+            train_dataset=negatives,
+            retain_dataset=rows(retain),
             processing_class=memorised.tokenizer,
             callbacks=[cb],
         )
@@ -168,7 +168,7 @@ def test_no_forget_text_and_no_token_in_anything_published(adapters, hub, caplog
         for text in secrets:
             assert text.encode() not in data, f"{text!r} leaked into {name}"
         assert FAKE_HUB_TOKEN.encode() not in data, f"token leaked into {name}"
-    assert all(FAKE_HUB_TOKEN not in r["path"] for r in hub.requests)
+    assert all(FAKE_HUB_TOKEN not in r.path for r in hub.requests)
     captured = capsys.readouterr()
     assert FAKE_HUB_TOKEN not in caplog.text + captured.out + captured.err
 
