@@ -28,6 +28,15 @@ def template_text() -> str:
     return resources.files("lune_hf.model_cards").joinpath(TEMPLATE).read_text(encoding="utf-8")
 
 
+def _readable(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters for the card: adapted modules shown by kind (`q_proj`, ...) rather than one by one."""
+    out = dict(hyperparameters)
+    targets = out.get("lora_target_modules")
+    if isinstance(targets, list):
+        out["lora_target_modules"] = ", ".join(sorted({name.split(".")[-1] for name in targets}))
+    return out
+
+
 def eval_results(report: dict[str, Any], dataset_name: str = "forget / retain sets") -> list[EvalResult]:
     """`model-index` entries: the after-unlearning value of every forget/* and retain/* metric."""
     results = []
@@ -88,7 +97,7 @@ def render_card(
         parameters=report["parameters"],
         forget_set=report["forget_set"],
         retain_set=report.get("retain_set"),
-        hyperparameters=report["hyperparameters"],
+        hyperparameters=_readable(report["hyperparameters"]),
         global_step=report.get("global_step"),
         stop_reason=report.get("stop_reason"),
         results=rows,
