@@ -22,6 +22,15 @@ from scipy import stats
 
 from ..evaluation import normalize_answer
 
+TOFU_CITATION = """\
+@inproceedings{maini2024tofu,
+  title={{TOFU}: A Task of Fictitious Unlearning for {LLMs}},
+  author={Maini, Pratyush and Feng, Zhili and Schwarzschild, Avi and Lipton, Zachary C. and Kolter, J. Zico},
+  booktitle={First Conference on Language Modeling},
+  year={2024}
+}
+"""
+
 __all__ = [
     "TRUTH_RATIO_AGGREGATORS",
     "exact_match",

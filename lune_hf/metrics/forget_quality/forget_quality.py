@@ -18,14 +18,7 @@ _DESCRIPTION = (
     "seen the data. Range: [0, 1]. Direction: higher is better. The KS statistic D is also returned."
 )
 
-_CITATION = """\
-@inproceedings{maini2024tofu,
-  title={{TOFU}: A Task of Fictitious Unlearning for {LLMs}},
-  author={Maini, Pratyush and Feng, Zhili and Schwarzschild, Avi and Lipton, Zachary C. and Kolter, J. Zico},
-  booktitle={First Conference on Language Modeling},
-  year={2024}
-}
-"""
+_CITATION = functional.TOFU_CITATION
 
 _KWARGS_DESCRIPTION = """
 Args:

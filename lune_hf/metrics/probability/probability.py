@@ -12,14 +12,7 @@ _DESCRIPTION = (
     "better (the model no longer finds the forgotten answers likely); on retain sets higher is better."
 )
 
-_CITATION = """\
-@inproceedings{maini2024tofu,
-  title={{TOFU}: A Task of Fictitious Unlearning for {LLMs}},
-  author={Maini, Pratyush and Feng, Zhili and Schwarzschild, Avi and Lipton, Zachary C. and Kolter, J. Zico},
-  booktitle={First Conference on Language Modeling},
-  year={2024}
-}
-"""
+_CITATION = functional.TOFU_CITATION
 
 _KWARGS_DESCRIPTION = """
 Args:

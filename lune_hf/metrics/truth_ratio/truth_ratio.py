@@ -16,14 +16,7 @@ _DESCRIPTION = (
     "(per-row ratios lie in [0, inf)). Direction: higher is better for both aggregators."
 )
 
-_CITATION = """\
-@inproceedings{maini2024tofu,
-  title={{TOFU}: A Task of Fictitious Unlearning for {LLMs}},
-  author={Maini, Pratyush and Feng, Zhili and Schwarzschild, Avi and Lipton, Zachary C. and Kolter, J. Zico},
-  booktitle={First Conference on Language Modeling},
-  year={2024}
-}
-"""
+_CITATION = functional.TOFU_CITATION
 
 _KWARGS_DESCRIPTION = """
 Args:
