@@ -1,0 +1,234 @@
+"""TOFU training steps: fine-tune a base model on TOFU (the "finetuned" / "retain" models) and unlearn a forget split.
+
+Used by ``recipes/tofu/*.py`` and ``benchmarks/tofu.py``. Fine-tuning is TOFU's full-parameter supervised
+fine-tuning (answer tokens only in the loss) with a plain `transformers.Trainer`; unlearning is
+:class:`lune_hf.LuneTrainer` (LoRA on every projection) with per-objective settings from
+:data:`OBJECTIVE_SETTINGS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments
+
+from .data import ensure_pad_token, pad, split_row, tokenize_example
+from .objectives import IGNORE_INDEX
+
+__all__ = [
+    "OBJECTIVE_SETTINGS",
+    "PeakMemory",
+    "SftCollator",
+    "finetune",
+    "unlearn",
+]
+
+# Per-objective LuneConfig values used by the TOFU recipes (all with LoRA r=16 on every projection).
+# Learning rates are LoRA-sized: open-unlearning's 1e-5 is for full-parameter training, and with LoRA 2e-5 moved
+# nothing in 25 steps (gradient ascent on SmolLM2-135M, benchmarks/results/tofu_cpu.md).
+# `retain`: whether the retain set is passed (its NLL weighted by `retain_weight`), as open-unlearning does for
+# GradDiff, NPO, SimNPO and IdkDPO (alpha = gamma = 1) and not for GradAscent. LUNE and IdK-NLL also get it here:
+# it is what keeps model utility on a model that memorised its retain set.
+OBJECTIVE_SETTINGS: dict[str, dict[str, Any]] = {
+    "lune": {"learning_rate": 2e-4, "retain": True},
+    "ga": {"learning_rate": 1e-4, "retain": False},
+    "graddiff": {"learning_rate": 1e-4, "retain": True},
+    "npo": {"learning_rate": 2e-4, "retain": True, "beta": 0.1},
+    "simnpo": {"learning_rate": 2e-4, "retain": True, "beta": 2.5, "delta": 0.0},
+    "idk_nll": {"learning_rate": 2e-4, "retain": True},
+    "idk_dpo": {"learning_rate": 2e-4, "retain": True, "beta": 0.1},
+    "ihl": {"learning_rate": 2e-4, "retain": True},
+}
+
+
+class SftCollator:
+    """Pads tokenised rows (`input_ids`, `labels`) on the right and adds the attention mask."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+        ids = [f["input_ids"] for f in features]
+        return {
+            "input_ids": pad(ids, self.pad_token_id),
+            "attention_mask": pad([[1] * len(i) for i in ids], 0),
+            "labels": pad([f["labels"] for f in features], IGNORE_INDEX),
+        }
+
+
+def _tokenize(rows: Dataset, tokenizer, max_length: int) -> list[dict[str, list[int]]]:
+    out = []
+    for i, row in enumerate(rows):
+        prompt, completion = split_row(row)
+        out.append(tokenize_example(tokenizer, prompt, completion, max_length, f"row {i}"))
+    return out
+
+
+def finetune(
+    model,
+    tokenizer,
+    rows: Dataset,
+    output_dir: str | Path,
+    *,
+    epochs: float = 5.0,
+    learning_rate: float = 1e-5,
+    batch_size: int = 8,
+    grad_accum: int = 4,
+    max_length: int = 512,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.2,
+    seed: int = 0,
+    save: bool = True,
+    **training_args: Any,
+):
+    """Full-parameter SFT on `rows` (lune_hf rows: ``prompt`` / ``completion``), loss on answer tokens only.
+
+    TOFU's recipe: 5 epochs, lr 1e-5, effective batch 32, weight decay 0.01, one epoch of warm-up (20% of 5).
+    Saves the model and tokenizer to `output_dir` when `save`. Returns the trained model (in eval mode).
+    """
+    ensure_pad_token(tokenizer)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    examples = _tokenize(rows, tokenizer, max_length)
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_ratio,
+        lr_scheduler_type="linear",
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        **training_args,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=SftCollator(tokenizer.pad_token_id))
+    trainer.train()
+    model = trainer.model
+    model.eval()
+    if save:
+        model.save_pretrained(str(output_dir))
+        tokenizer.save_pretrained(str(output_dir))
+    return model
+
+
+def unlearn(
+    model,
+    tokenizer,
+    forget: Dataset,
+    retain: Dataset | None,
+    objective: str,
+    output_dir: str | Path,
+    *,
+    refusals: Sequence[str] | None = None,
+    epochs: float = 5.0,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    max_length: int = 512,
+    seed: int = 0,
+    overrides: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
+):
+    """Unlearn `forget` (lune_hf rows) with `objective` via :class:`lune_hf.LuneTrainer`; save the adapter.
+
+    Settings come from :data:`OBJECTIVE_SETTINGS` (learning rate, beta, whether the retain set is used),
+    updated with `overrides` (any `LuneConfig` field, plus ``retain``). Returns the trained `PeftModel`.
+    """
+    from .config import LuneConfig
+    from .trainer import LuneTrainer
+
+    settings = {**OBJECTIVE_SETTINGS.get(objective, {}), **(overrides or {})}
+    use_retain = bool(settings.pop("retain", True)) and retain is not None
+    values: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "objective": objective,
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "max_length": max_length,
+        "refusals": list(refusals) if refusals else None,
+        "retain_loss": "nll" if use_retain else "none",
+        "report_to": "none",
+        "seed": seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "disable_tqdm": False,
+    }
+    config = LuneConfig(**(values | settings))  # the overrides win, e.g. num_train_epochs or retain_loss="kl"
+    trainer = LuneTrainer(model, config, train_dataset=forget, retain_dataset=retain if use_retain else None,
+                          processing_class=tokenizer, callbacks=list(callbacks))
+    trainer.train()
+    trainer.save_model()
+    trainer.model.eval()
+    return trainer.model
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory of a block in MiB: CUDA's peak allocation on a GPU, else the peak RSS sampled every 0.1 s.
+
+    ``with PeakMemory() as mem: ...`` then ``mem.peak_mb``; ``mem.seconds`` is the wall time of the block.
+    """
+
+    interval_s: float = 0.1
+    peak_mb: float = 0.0
+    seconds: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def _rss_mb(self) -> float:
+        with contextlib.suppress(OSError), open(f"/proc/{os.getpid()}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    def __enter__(self) -> PeakMemory:
+        self._start = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.peak_mb = self._rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+        if torch.cuda.is_available():
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[dict[str, float]]:
+    """``with timed() as t: ...`` then ``t["seconds"]``."""
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out["seconds"] = time.perf_counter() - start
