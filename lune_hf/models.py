@@ -147,12 +147,12 @@ def prepare_smollm2(cache_dir: str | Path | None = None) -> Path:
         return target
     if _inside_source_checkout(target):
         raise ValueError(f"{target} lies inside the lune-hf source checkout: choose a cache_dir outside it.")
-    gguf_path = find_smollm2_gguf()
-    _require_gguf()
     if target.exists():
         raise FileExistsError(
             f"{target} exists but is not a complete build (no {COMPLETE_MARKER}): delete it and run again."
         )
+    gguf_path = find_smollm2_gguf()
+    _require_gguf()
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
