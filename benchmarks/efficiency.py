@@ -72,6 +72,12 @@ SETUPS: dict[str, Setup] = {
               "predicted (logits_to_keep)", "trainer", answer_only_logits=True, variant=True),
         Setup("lora_trainer_lean", "LuneTrainer + proposed change, lora_dropout=0, gradient_checkpointing",
               "trainer", lora_dropout=0.0, gradient_checkpointing=True, answer_only_logits=True, variant=True),
+        Setup("npo_adapter_ref_lean", "NPO, adapter-off reference, lora_dropout=0 + gradient checkpointing + "
+              "proposed change", "trainer", objective="npo", retain=False, lora_dropout=0.0,
+              gradient_checkpointing=True, answer_only_logits=True, variant=True),
+        Setup("npo_model_ref_lean", "NPO, second reference model, lora_dropout=0 + gradient checkpointing + "
+              "proposed change", "trainer", objective="npo", retain=False, ref_model=True, lora_dropout=0.0,
+              gradient_checkpointing=True, answer_only_logits=True, variant=True),
         Setup("full_raw_gc", "full-parameter AdamW, plain loop + gradient checkpointing", "raw", lora=False,
               gradient_checkpointing=True, variant=True),
     ]
@@ -98,6 +104,8 @@ RATIOS = [
     ("lora_lean_over_full_gc_peak_memory", "lora_trainer_lean", "full_raw_gc", "peak_memory_mb", None),
     ("lora_lean_over_full_step_time", "lora_trainer_lean", "full_raw", "step_time_s", None),
     ("answer_logits_over_default_step_time", "lora_trainer_answer_logits", "lora_trainer", "step_time_s", None),
+    ("adapter_ref_over_model_ref_peak_memory_lean", "npo_adapter_ref_lean", "npo_model_ref_lean", "peak_memory_mb",
+     None),
     ("lora_nodrop_gc_over_full_step_time", "lora_trainer_nodrop_gc", "full_raw", "step_time_s", None),
 ]
 
@@ -521,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="Seconds before a configuration is abandoned.")
     parser.add_argument("--json", type=Path, help="Write all numbers, ratios and the machine here.")
     parser.add_argument("--markdown", type=Path, help="Write a Markdown table here.")
+    parser.add_argument("--from-json", type=Path, help="Re-summarise the runs of an earlier --json report (no "
+                        "training) and write --json / --markdown again.")
     parser.add_argument("--worker", choices=list(SETUPS), help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     opts.steps = opts.steps or (6 if opts.quick else 10)
@@ -531,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
 
         opts.device = "cuda" if torch.cuda.is_available() else "cpu"
 
+    if opts.from_json:
+        return finish(json.loads(opts.from_json.read_text(encoding="utf-8")), opts)
     if opts.worker:
         result = run_worker(SETUPS[opts.worker], opts.model_dir, steps=opts.steps, warmup=opts.warmup,
                             batch_size=opts.batch_size, seq_len=opts.seq_len, device=opts.device, seed=opts.seed,
@@ -566,7 +578,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"{result['trainable_params']:>12,} trainable  ({result['process_seconds']:.0f} s, "
                       f"repeat {repeat + 1})", flush=True)
 
-    summary = aggregate(runs)
     report = {
         "command": " ".join(["python", "benchmarks/efficiency.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_description(opts.device),
@@ -574,11 +585,24 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"quick": opts.quick, "model": model_name, "batch_size": opts.batch_size,
                      "seq_len": opts.seq_len, "steps": opts.steps, "warmup": opts.warmup, "repeats": opts.repeats,
                      "seed": opts.seed, "threads": opts.threads},
-        "summary": summary,
-        "ratios": ratios(summary, runs),
         "runs": runs,
         "wall_seconds": time.perf_counter() - started,
     }
+    return finish(report, opts)
+
+
+def finish(report: dict[str, Any], opts: argparse.Namespace) -> int:
+    """Summarise the runs of `report`, print the ratios, write the JSON and Markdown files."""
+    runs = report["runs"]
+    warmup = report["settings"]["warmup"]
+    for results in runs.values():  # fields added after older reports were written
+        for r in results:
+            r.setdefault("step_time_min_s", min(r["step_times_s"][warmup:]))
+            r.setdefault("peak_above_runtime_mb", r["peak_memory_mb"] - r["memory"]["after_import_mb"])
+    summary = aggregate(runs)
+    stale = {"summary", "ratios"}  # and the flat ratio keys of an earlier report
+    report = {k: v for k, v in report.items() if k not in stale and (k == "wall_seconds" or not isinstance(v, float))}
+    report |= {"summary": summary, "ratios": ratios(summary, runs)}
     flat = {k: v for k, v in report["ratios"].items() if k != "details"}
     report = {**flat, **report}
     print("\n" + "\n".join(f"{k:<54} {v:.3f}" for k, v in flat.items()))

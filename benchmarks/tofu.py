@@ -27,7 +27,9 @@ Setups (stated again at the start of every run):
 
 Objectives are named as in ``LuneConfig``; ``name[key=value,...]`` runs a variant with other settings (any
 ``LuneConfig`` field, ``retain=false`` to drop the retain set, ``replacement=perturbed`` to give LUNE TOFU's
-perturbed answers as replacement targets instead of refusals), e.g. ``lune[learning_rate=5e-4]``.
+perturbed answers as replacement targets instead of refusals - the same wrong answers the truth ratio scores, so
+not a clean result - or ``replacement=base`` for the base model's own greedy answers to the forget questions
+(made-up answers of a model that never saw TOFU)), e.g. ``lune[learning_rate=5e-4,replacement=base]``.
 """
 
 from __future__ import annotations
@@ -372,9 +374,14 @@ class Benchmark:
         s = self.setup
         overrides = dict(overrides)
         forget = forget_rows
-        if overrides.pop("replacement", "refusal") == "perturbed":
+        replacement = overrides.pop("replacement", "refusal")
+        if replacement == "perturbed":
             answers = [p[i % len(p)].strip() for i, p in enumerate(sets.forget["perturbed_answer"])]
             forget = forget_rows.add_column("replacement", answers)
+        elif replacement == "base":
+            forget = forget_rows.add_column("replacement", self.base_answers(split, sets))
+        elif replacement != "refusal":
+            raise ValueError(f"replacement={replacement!r}: use refusal, perturbed or base")
         out = self.cache / split / "".join(c if c.isalnum() or c in "-_.=" else "_" for c in spec)
         log(f"{split}/{spec}: unlearning {len(forget)} forget rows (retain {len(retain_rows)}) ...")
         with PeakMemory() as mem:
@@ -387,6 +394,27 @@ class Benchmark:
         model = model.merge_and_unload()
         result, eval_s = self.evaluate(model, sets, reference)
         return self.make_row(split, objective, spec, result, train, eval_s, settings)
+
+    def base_answers(self, split: str, sets) -> list[str]:
+        """Greedy answers of the base model (never fine-tuned on TOFU) to the forget questions, cached.
+
+        Plausible but made-up answers, like a model that never saw the forget authors gives: counterfactual
+        replacement targets for LUNE that do not come from TOFU's evaluation answers.
+        """
+        from lune_hf.evaluation import generate_answers
+        from lune_hf.tofu import make_prompt
+
+        path = self.cache / f"base_answers_{split}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        log(f"{split}: generating the base model's answers to the forget questions (replacement targets) ...")
+        model = self.load(self.model_path)
+        prompts = [make_prompt(q, self.setup.prompt_format) for q in sets.forget["question"]]
+        answers = generate_answers(model, self.tokenizer(), prompts, max_new_tokens=64,
+                                   batch_size=self.setup.eval_batch, progress=True)
+        answers = [a if a.strip() else "I don't know." for a in answers]
+        write_json_atomic(path, answers)
+        return answers
 
     # ---- output ----
 
@@ -441,6 +469,17 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
             f"{fmt(ratio, 2)} | {fmt(r['forget_rouge'])} | {fmt(r['retain_rouge'])} | "
             f"{fmt(r['forget_truth_ratio'])} | {fmt(r['forget_probability'])} | {r['wall_s']:.0f} | "
             f"{r['peak_mem_mb']:.0f} |")
+    notes = {
+        "replacement=perturbed": "`replacement=perturbed`: LUNE trained towards TOFU's perturbed answers, the same "
+        "wrong answers the truth ratio (hence forget quality) scores - it optimises the metric directly, not a clean "
+        "result.",
+        "replacement=base": "`replacement=base`: LUNE trained towards the base model's own greedy answers to the "
+        "forget questions (made-up answers of a model that never saw TOFU); nothing from TOFU's evaluation answers.",
+        "[": "`name[key=value]`: a variant with settings other than `lune_hf.tofu_train.OBJECTIVE_SETTINGS`.",
+    }
+    used = [text for key, text in notes.items() if any(key in r["variant"] for r in rows)]
+    if used:
+        lines += [""] + [f"- {text}" for text in used]
     lines += ["", "## Target", "",
               "LUNE on forget01: forget quality >= 0.5 with model utility >= 95% of the finetuned model's.", ""]
     for r in rows:
