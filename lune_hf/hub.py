@@ -97,10 +97,10 @@ def resolve_base_model(output_dir: Path, report: dict[str, Any], base_model: str
         if candidate and base_model is not None:
             raise PublishError(f"base_model {candidate!r} is not a Hub repo id (namespace/name).")
     recorded = [c for c in candidates[1:] if c]
+    found = f"the run recorded {recorded[0]!r} (a local path)" if recorded else "the run recorded no base model"
     raise PublishError(
-        f"The base model must be a Hub id so that others can load the adapter; the run recorded "
-        f"{recorded[0]!r} (a local path)." if recorded else "The run recorded no base model."
-        " Pass base_model='namespace/name' (lune-hf publish --base-model namespace/name)."
+        f"The base model must be a Hub id so that others can load the adapter; {found}. "
+        "Pass base_model='namespace/name' (lune-hf publish --base-model namespace/name)."
     )
 
 

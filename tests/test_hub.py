@@ -226,7 +226,7 @@ def test_refuses_folders_that_are_not_finished_adapters(adapters, hub, tmp_path)
     with pytest.raises(PublishError, match="did not complete.*non-finite loss at step 7"):
         publish(failed, "me/x", base_model=BASE_ID, endpoint=hub.endpoint, token=FAKE_HUB_TOKEN)
 
-    with pytest.raises(PublishError, match="must be a Hub id.*local path"):
+    with pytest.raises(PublishError, match=r"must be a Hub id.*local path\)\. Pass base_model="):
         publish(adapters["a"], "me/x", endpoint=hub.endpoint, token=FAKE_HUB_TOKEN)
     assert not hub.has_repo("me/x")
 
