@@ -500,6 +500,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "robust comparison on a shared machine).",
         "- tokens/s: input tokens of all groups of one step (forget or replacement, and retain) / step time; "
         "NPO's reference forward pass is not counted.",
+        *(["- Quick mode: the tiny model weighs under 2 MB, so every peak is the ~0.5 GB runtime and the memory "
+            "ratios say nothing; it checks that every configuration runs."] if s["quick"] else []),
         "- The plain loops use the optimizer class and arguments the Trainer would use "
         "(`Trainer.get_optimizer_cls_and_kwargs`), the same cosine schedule, gradient clipping at 1.0 and the "
         "objective functions of `lune_hf.objectives`.",
