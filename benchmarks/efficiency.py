@@ -7,7 +7,9 @@ its own Python process (so the peak memory of one does not leak into the next):
 (b) NPO with the adapter-off model as reference against a second reference model loaded from disk;
 (c) a `LuneTrainer` step against a hand-written PyTorch loop doing the same math on the same LoRA model.
 
-Extra rows try configuration variants (no LoRA dropout, gradient checkpointing, logits only at answer positions).
+Extra rows try configuration variants (no LoRA dropout, gradient checkpointing) and the trainer as it was before
+the step profile (`lora_trainer_full_logits`: the lm_head over every position instead of only where answer tokens
+are predicted).
 
     python benchmarks/efficiency.py --quick                # tiny synthetic model, < 2 minutes
     python benchmarks/efficiency.py --json benchmarks/results/efficiency.json \\
@@ -51,7 +53,7 @@ class Setup:
     lora_dropout: float = 0.05
     gradient_checkpointing: bool = False
     ref_model: bool = False  # NPO reference: a second model from disk instead of the adapter-off model
-    answer_only_logits: bool = False  # lm_head only over positions that predict answer tokens
+    full_logits: bool = False  # lm_head over every position (LuneTrainer before the profile), not only answers
     variant: bool = False  # an extra row beyond the issue's comparisons
 
 
@@ -68,16 +70,14 @@ SETUPS: dict[str, Setup] = {
         Setup("lora_trainer_nodrop", "LuneTrainer, lora_dropout=0", "trainer", lora_dropout=0.0, variant=True),
         Setup("lora_trainer_nodrop_gc", "LuneTrainer, lora_dropout=0 + gradient_checkpointing", "trainer",
               lora_dropout=0.0, gradient_checkpointing=True, variant=True),
-        Setup("lora_trainer_answer_logits", "LuneTrainer + proposed change: lm_head only where answers are "
-              "predicted (logits_to_keep)", "trainer", answer_only_logits=True, variant=True),
-        Setup("lora_trainer_lean", "LuneTrainer + proposed change, lora_dropout=0, gradient_checkpointing",
-              "trainer", lora_dropout=0.0, gradient_checkpointing=True, answer_only_logits=True, variant=True),
-        Setup("npo_adapter_ref_lean", "NPO, adapter-off reference, lora_dropout=0 + gradient checkpointing + "
-              "proposed change", "trainer", objective="npo", retain=False, lora_dropout=0.0,
-              gradient_checkpointing=True, answer_only_logits=True, variant=True),
-        Setup("npo_model_ref_lean", "NPO, second reference model, lora_dropout=0 + gradient checkpointing + "
-              "proposed change", "trainer", objective="npo", retain=False, ref_model=True, lora_dropout=0.0,
-              gradient_checkpointing=True, answer_only_logits=True, variant=True),
+        Setup("lora_trainer_full_logits", "LuneTrainer before the profile: lm_head over every position",
+              "trainer", full_logits=True, variant=True),
+        Setup("npo_adapter_ref_lean", "NPO, adapter-off reference, lora_dropout=0 + gradient checkpointing",
+              "trainer", objective="npo", retain=False, lora_dropout=0.0, gradient_checkpointing=True,
+              variant=True),
+        Setup("npo_model_ref_lean", "NPO, second reference model, lora_dropout=0 + gradient checkpointing",
+              "trainer", objective="npo", retain=False, ref_model=True, lora_dropout=0.0,
+              gradient_checkpointing=True, variant=True),
         Setup("full_raw_gc", "full-parameter AdamW, plain loop + gradient checkpointing", "raw", lora=False,
               gradient_checkpointing=True, variant=True),
     ]
@@ -99,11 +99,10 @@ RATIOS = [
     ("adapter_ref_over_model_ref_step_time", "npo_adapter_ref", "npo_model_ref", "step_time_s", None),
     ("lora_nodrop_over_full_peak_memory", "lora_trainer_nodrop", "full_raw", "peak_memory_mb", None),
     ("lora_nodrop_gc_over_full_peak_memory", "lora_trainer_nodrop_gc", "full_raw", "peak_memory_mb", None),
-    ("lora_answer_logits_over_full_peak_memory", "lora_trainer_answer_logits", "full_raw", "peak_memory_mb", None),
-    ("lora_lean_over_full_peak_memory", "lora_trainer_lean", "full_raw", "peak_memory_mb", None),
-    ("lora_lean_over_full_gc_peak_memory", "lora_trainer_lean", "full_raw_gc", "peak_memory_mb", None),
-    ("lora_lean_over_full_step_time", "lora_trainer_lean", "full_raw", "step_time_s", None),
-    ("answer_logits_over_default_step_time", "lora_trainer_answer_logits", "lora_trainer", "step_time_s", None),
+    ("lora_nodrop_gc_over_full_gc_peak_memory", "lora_trainer_nodrop_gc", "full_raw_gc", "peak_memory_mb", None),
+    ("answer_logits_over_full_logits_step_time", "lora_trainer", "lora_trainer_full_logits", "step_time_s", None),
+    ("answer_logits_over_full_logits_peak_memory", "lora_trainer", "lora_trainer_full_logits", "peak_memory_mb",
+     None),
     ("adapter_ref_over_model_ref_peak_memory_lean", "npo_adapter_ref_lean", "npo_model_ref_lean", "peak_memory_mb",
      None),
     ("lora_nodrop_gc_over_full_step_time", "lora_trainer_nodrop_gc", "full_raw", "step_time_s", None),
@@ -240,7 +239,7 @@ def run_worker(setup: Setup, model_dir: str, *, steps: int, warmup: int, batch_s
                 times.append(now - self.last)
                 self.last = now
 
-        trainer_cls = answer_logits_trainer() if setup.answer_only_logits else LuneTrainer
+        trainer_cls = full_logits_trainer() if setup.full_logits else LuneTrainer
         trainer = trainer_cls(model, args, train_dataset=forget_ds, retain_dataset=retain_ds,
                               processing_class=tokenizer, ref_model=ref, callbacks=[StepTimer()])
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -269,28 +268,18 @@ def run_worker(setup: Setup, model_dir: str, *, steps: int, warmup: int, batch_s
     }
 
 
-def answer_logits_trainer():
-    """`LuneTrainer` with the proposed `_logits` change: the lm_head runs only over positions that predict answers.
-
-    `logits_to_keep=k` keeps the last k positions, from the one before the earliest answer token of the batch;
-    the labels are cut to the same k positions (written back into `inputs`, which `compute_loss` reads right
-    after `_logits`; a second call on cut labels keeps the same k), so every objective sees identical values.
-    """
-    from lune_hf.objectives import IGNORE_INDEX
+def full_logits_trainer():
+    """`LuneTrainer` as it was before the step profile: logits (and the lm_head) at every position."""
     from lune_hf.trainer import LuneTrainer
 
-    class AnswerLogitsTrainer(LuneTrainer):
+    class FullLogitsTrainer(LuneTrainer):
         @staticmethod
         def _logits(model, inputs, prefix):
-            ids, labels = inputs[f"{prefix}_input_ids"], inputs[f"{prefix}_labels"]
-            first = int((labels != IGNORE_INDEX).int().argmax(-1).min())
-            keep = min(labels.shape[1] - first + 1, ids.shape[1])
-            inputs[f"{prefix}_labels"] = labels[:, -keep:]
-            out = model(input_ids=ids, attention_mask=inputs[f"{prefix}_attention_mask"], use_cache=False,
-                        logits_to_keep=keep)
-            return out.logits
+            out = model(input_ids=inputs[f"{prefix}_input_ids"], attention_mask=inputs[f"{prefix}_attention_mask"],
+                        use_cache=False)
+            return out.logits, inputs[f"{prefix}_labels"]
 
-    return AnswerLogitsTrainer
+    return FullLogitsTrainer
 
 
 def run_raw_loop(setup: Setup, model, args, dataset, collator, times: list[float], losses: list[float],
@@ -302,10 +291,10 @@ def run_raw_loop(setup: Setup, model, args, dataset, collator, times: list[float
 
     from lune_hf import objectives as obj
     from lune_hf.data import REPLACEMENT_PREFIX, RETAIN_PREFIX
-    from lune_hf.trainer import default_lora_config
+    from lune_hf.trainer import answer_logits, default_lora_config
 
-    if setup.objective != "lune" or setup.answer_only_logits:
-        raise ValueError("the raw loop implements the lune objective with full logits only")
+    if setup.objective != "lune" or setup.full_logits:
+        raise ValueError("the raw loop implements the lune objective with answer-only logits only")
     if setup.gradient_checkpointing and setup.lora:
         model.enable_input_require_grads()
     if setup.lora:
@@ -321,8 +310,7 @@ def run_raw_loop(setup: Setup, model, args, dataset, collator, times: list[float
 
     def answer_nll(batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
         ids, mask, labels = (batch[f"{prefix}_{k}"] for k in ("input_ids", "attention_mask", "labels"))
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return obj.nll(*obj.sequence_nll(logits, labels))
+        return obj.nll(*obj.sequence_nll(*answer_logits(model, ids, mask, labels)))
 
     order = list(range(len(dataset)))
     bs = args.per_device_train_batch_size

@@ -129,7 +129,7 @@ class SavedTensorLedger:
 
 
 def _trainer(model_dir: str, *, lora_dropout: float, steps: int, callbacks: list, seq_len: int, batch_size: int,
-             answer_only_logits: bool = False):
+             answer_only_logits: bool = True):
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,7 +142,8 @@ def _trainer(model_dir: str, *, lora_dropout: float, steps: int, callbacks: list
     args = LuneConfig(output_dir=tempfile.mkdtemp(prefix="lune-profile-"), max_steps=steps, max_length=seq_len,
                       per_device_train_batch_size=batch_size, lora_dropout=lora_dropout, use_cpu=True,
                       report_to="none", disable_tqdm=True, logging_steps=1000)
-    cls = efficiency.answer_logits_trainer() if answer_only_logits else LuneTrainer
+    # LuneTrainer runs the lm_head only where answers are predicted; the other trainer is LuneTrainer before that.
+    cls = LuneTrainer if answer_only_logits else efficiency.full_logits_trainer()
     return cls(model, args, train_dataset=Dataset.from_list(forget), retain_dataset=Dataset.from_list(retain),
                processing_class=tokenizer, callbacks=callbacks)
 

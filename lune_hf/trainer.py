@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import logging
 import math
 import os
@@ -42,6 +44,51 @@ from .report import REPORT_FILE, RunStatus, build_run_report, write_json_atomic,
 from .snapshot import load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
+
+
+def answer_window(labels: torch.Tensor) -> int:
+    """How many trailing positions hold every logit that predicts an answer token of the batch.
+
+    The logit at position ``t`` predicts the label at ``t + 1``, so the window starts one position before the
+    earliest answer token of any row (prompt tokens carry the ignore index).
+    """
+    answer = labels != obj.IGNORE_INDEX
+    rows = answer.any(-1)
+    if not bool(rows.any()):
+        return 1
+    first = int(answer[rows].int().argmax(-1).min())
+    return min(labels.shape[1] - first + 1, labels.shape[1])
+
+
+@functools.cache
+def _forward_accepts_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def _inner_model(model) -> torch.nn.Module:
+    """The transformers model under DDP / FSDP / DeepSpeed wrappers and a peft adapter."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def answer_logits(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal-LM logits at the positions that predict answer tokens, with the labels cut to match.
+
+    Prompt positions never enter an unlearning loss, so the lm_head (a ``hidden x vocabulary`` matmul, forward
+    and backward) runs only over the last :func:`answer_window` positions through transformers'
+    ``logits_to_keep``. Every loss computed from the result equals the one from full logits; models whose
+    ``forward`` has no ``logits_to_keep`` get full logits.
+    """
+    kwargs: dict[str, Any] = {}
+    if _forward_accepts_logits_to_keep(type(_inner_model(model))):
+        keep = answer_window(labels)
+        kwargs["logits_to_keep"] = keep
+        labels = labels[:, -keep:]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+    return out.logits, labels
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -201,13 +248,11 @@ class LuneTrainer(Trainer):
             ]
 
     @staticmethod
-    def _logits(model, inputs: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
-        out = model(
-            input_ids=inputs[f"{prefix}_input_ids"],
-            attention_mask=inputs[f"{prefix}_attention_mask"],
-            use_cache=False,
+    def _logits(model, inputs: dict[str, torch.Tensor], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of one group, the lm_head run only where answer tokens are predicted."""
+        return answer_logits(
+            model, inputs[f"{prefix}_input_ids"], inputs[f"{prefix}_attention_mask"], inputs[f"{prefix}_labels"]
         )
-        return out.logits
 
     @contextlib.contextmanager
     def _reference(self, model):
@@ -225,20 +270,20 @@ class LuneTrainer(Trainer):
         mode = "train" if model.training else "eval"
         logged: dict[str, torch.Tensor] = {}
 
-        def answer_stats(prefix: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            logits = self._logits(model, inputs, prefix)
-            nll_sum, n_tok = obj.sequence_nll(logits, inputs[f"{prefix}_labels"])
+        def answer_stats(prefix: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits, labels = self._logits(model, inputs, prefix)
+            nll_sum, n_tok = obj.sequence_nll(logits, labels)
             logged[f"logps/{prefix}"] = (-nll_sum / n_tok.clamp(min=1)).mean().detach()
-            return logits, nll_sum, n_tok
+            return logits, labels, nll_sum, n_tok
 
         def reference_nll(prefix: str) -> torch.Tensor:
             with self._reference(model) as ref:
-                return obj.sequence_nll(self._logits(ref, inputs, prefix), inputs[f"{prefix}_labels"])[0]
+                return obj.sequence_nll(*self._logits(ref, inputs, prefix))[0]
 
         if spec.uses_answer:
-            logits_f, nll_f, n_f = answer_stats(FORGET_PREFIX)
+            logits_f, labels_f, nll_f, n_f = answer_stats(FORGET_PREFIX)
         if spec.uses_replacement:
-            _, nll_r, n_r = answer_stats(REPLACEMENT_PREFIX)
+            _, _, nll_r, n_r = answer_stats(REPLACEMENT_PREFIX)
 
         name = args.objective
         if name in ("lune", "idk_nll"):
@@ -254,18 +299,18 @@ class LuneTrainer(Trainer):
                 nll_r, nll_f, reference_nll(REPLACEMENT_PREFIX), reference_nll(FORGET_PREFIX), args.beta
             )
         elif name == "ihl":
-            forget_loss = obj.inverted_hinge(logits_f, inputs[f"{FORGET_PREFIX}_labels"])
+            forget_loss = obj.inverted_hinge(logits_f, labels_f)
         else:  # pragma: no cover - LuneConfig validates the name
             raise ValueError(name)
         loss = args.forget_weight * forget_loss
         logged["loss/forget"] = forget_loss.detach()
 
         if f"{RETAIN_PREFIX}_input_ids" in inputs:
-            logits_ret, nll_ret, n_ret = answer_stats(RETAIN_PREFIX)
+            logits_ret, labels_ret, nll_ret, n_ret = answer_stats(RETAIN_PREFIX)
             if args.retain_loss == "kl":
                 with self._reference(model) as ref:
-                    ref_logits = self._logits(ref, inputs, RETAIN_PREFIX)
-                retain_loss = obj.kl_divergence(logits_ret, ref_logits, inputs[f"{RETAIN_PREFIX}_labels"])
+                    ref_logits, _ = self._logits(ref, inputs, RETAIN_PREFIX)
+                retain_loss = obj.kl_divergence(logits_ret, ref_logits, labels_ret)
             else:
                 retain_loss = obj.nll(nll_ret, n_ret)
             loss = loss + args.retain_weight * retain_loss

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from lune_hf import objectives as obj
 from lune_hf.data import UnlearningCollator
 from lune_hf.evaluation import generate_answers, normalize_answer
 from lune_hf.report import REPORT_FILE
+from lune_hf.trainer import answer_logits, answer_window
 
 
 def config(tmp_path: Path, **kw) -> LuneConfig:
@@ -115,6 +117,47 @@ def test_loss_equals_hand_computation(objective, retain_loss, tiny, tiny_model, 
         got = trainer.compute_loss(trainer.model, batch)
         want = _hand_loss(objective, trainer.model, base, batch, args)
     assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+
+
+def test_answer_window_hand_cases():
+    ign = obj.IGNORE_INDEX
+    labels = torch.tensor([[ign, ign, 5, 6, ign], [ign, ign, ign, 7, 8]])
+    # Earliest answer token at position 2 -> its logit sits at 1 -> keep positions 1..4.
+    assert answer_window(labels) == 4
+    assert answer_window(torch.tensor([[ign, 5, 6]])) == 3  # never more than the sequence
+    assert answer_window(torch.full((2, 6), ign)) == 1  # a batch without answer tokens
+    # A row whose answer was cut away does not widen the window.
+    assert answer_window(torch.tensor([[ign, ign, ign, ign], [ign, ign, 3, 4]])) == 3
+
+
+@pytest.mark.parametrize("objective", ["lune", "ihl"])
+def test_lm_head_runs_only_where_answers_are_predicted(objective, tiny, tiny_model, tmp_path):
+    """Prompt positions skip the vocabulary projection; the losses still equal full-logit ones (test above)."""
+    facts, tok = tiny
+    args = config(tmp_path, objective=objective, retain_loss="kl")
+    trainer = LuneTrainer(
+        tiny_model, args, train_dataset=rows(facts[:4]), retain_dataset=rows(facts[4:8]), processing_class=tok
+    )
+    batch = UnlearningCollator(tok.pad_token_id)([trainer.train_dataset[i] for i in range(4)])
+    seen: list[int] = []
+    hook = trainer.model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, batch)
+    hook.remove()
+    groups = [p for p in ("forget", "replacement", "retain") if f"{p}_labels" in batch]
+    wanted = {answer_window(batch[f"{p}_labels"]) for p in groups}
+    assert set(seen) == wanted
+    assert all(n < batch[f"{p}_input_ids"].shape[1] for p in groups for n in [answer_window(batch[f"{p}_labels"])])
+
+
+def test_answer_logits_falls_back_to_full_logits():
+    class NoKeep(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, use_cache=None):
+            return SimpleNamespace(logits=torch.randn(*input_ids.shape, 7))
+
+    labels = torch.tensor([[obj.IGNORE_INDEX, obj.IGNORE_INDEX, 3, 4]])
+    logits, cut = answer_logits(NoKeep(), torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4), labels)
+    assert logits.shape == (1, 4, 7) and torch.equal(cut, labels)
 
 
 @pytest.mark.parametrize("objective", ["npo", "idk_dpo"])
