@@ -423,9 +423,11 @@ class Benchmark:
         return self.results_dir / f"tofu_{self.setup.name}.json"
 
     def ordered_rows(self) -> list[dict[str, Any]]:
-        order = ["finetuned", "retain", *self.objectives]
-        return sorted(self.rows.values(), key=lambda r: (r["split"], order.index(r["variant"])
-                                                         if r["variant"] in order else len(order)))
+        # Reference models first, then each objective in the usual order, its variants right after it.
+        order = ["finetuned", "retain", *DEFAULT_OBJECTIVES]
+        return sorted(self.rows.values(), key=lambda r: (
+            r["split"], order.index(r["objective"]) if r["objective"] in order else len(order),
+            r["variant"] != r["objective"], r["variant"]))
 
     def write_results(self) -> None:
         rows = self.ordered_rows()
@@ -481,13 +483,21 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
     if used:
         lines += [""] + [f"- {text}" for text in used]
     lines += ["", "## Target", "",
-              "LUNE on forget01: forget quality >= 0.5 with model utility >= 95% of the finetuned model's.", ""]
-    for r in rows:
-        if r["objective"] == "lune" and finetuned.get(r["split"]):
-            ok = (r["forget_quality"] or 0) >= 0.5 and r["model_utility"] >= 0.95 * finetuned[r["split"]]
-            lines.append(f"- {r['split']} / `{r['variant']}`: forget quality {fmt(r['forget_quality'])}, model "
-                         f"utility {r['model_utility'] / finetuned[r['split']]:.1%} of finetuned -> "
-                         f"{'met' if ok else 'missed'}")
+              "LUNE (and the best of the other objectives) on forget01: forget quality >= 0.5 with model utility "
+              ">= 95% of the finetuned model's.", ""]
+
+    def meets(r: dict[str, Any]) -> bool:
+        return (r["forget_quality"] or 0) >= 0.5 and r["model_utility"] >= 0.95 * finetuned[r["split"]]
+
+    unlearned = [r for r in rows if r["objective"] not in ("finetuned", "retain") and finetuned.get(r["split"])]
+    others = [r for r in unlearned if r["objective"] != "lune"]
+    # The best other run: the highest forget quality among those that keep the utility, else the highest overall.
+    best = max(others, key=lambda r: (meets(r), r["forget_quality"] or 0, r["model_utility"]), default=None)
+    for r in [r for r in unlearned if r["objective"] == "lune"] + ([best] if best else []):
+        lines.append(f"- {r['split']} / `{r['variant']}`{' (best of the others)' if r is best else ''}: forget "
+                     f"quality {fmt(r['forget_quality'])}, model utility "
+                     f"{r['model_utility'] / finetuned[r['split']]:.1%} of finetuned -> "
+                     f"{'met' if meets(r) else 'missed'}")
     lines += ["", "## open-unlearning's published numbers (forget01)", "",
               f"Source: {OPEN_UNLEARNING_SOURCE}. Other models and a different (full-parameter) training setup: for "
               "orientation, not a like-for-like comparison. Model utility there is the harmonic mean of the 9 "
