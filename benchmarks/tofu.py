@@ -482,7 +482,8 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
     used = [text for key, text in notes.items() if any(key in r["variant"] for r in rows)]
     if used:
         lines += [""] + [f"- {text}" for text in used]
-    lines += ["", "## Target", "",
+    notes_file = f"tofu_{setup.name}_notes.md"
+    lines += ["", f"Hand-written analysis (when present): [{notes_file}]({notes_file}).", "", "## Target", "",
               "LUNE (and the best of the other objectives) on forget01: forget quality >= 0.5 with model utility "
               ">= 95% of the finetuned model's.", ""]
 
