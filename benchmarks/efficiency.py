@@ -175,6 +175,31 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def benchmark_inputs(setup: Setup, tokenizer, *, max_steps: int, batch_size: int, seq_len: int, device: str,
+                     seed: int):
+    """The `LuneConfig` of `setup`, its forget / retain datasets and the tokenised unlearning dataset."""
+    from datasets import Dataset
+
+    from lune_hf.config import LuneConfig
+    from lune_hf.data import build_unlearning_dataset, default_refusals
+
+    forget, retain = benchmark_rows(seed=seed)
+    forget_ds = Dataset.from_list(forget)
+    retain_ds = Dataset.from_list(retain) if setup.retain else None
+    args = LuneConfig(
+        output_dir=tempfile.mkdtemp(prefix="lune-bench-"), objective=setup.objective, max_steps=max_steps,
+        per_device_train_batch_size=batch_size, max_length=seq_len, lora_dropout=setup.lora_dropout,
+        use_cpu=device == "cpu", report_to="none", disable_tqdm=True, seed=seed, save_strategy="no",
+        **({"gradient_checkpointing": True} if setup.gradient_checkpointing else {}),  # False warns in v5
+    )
+    spec = args.spec
+    dataset = build_unlearning_dataset(
+        forget_ds, tokenizer, max_length=seq_len, uses_answer=spec.uses_answer,
+        uses_replacement=spec.uses_replacement, refusals=default_refusals(), retain=retain_ds, seed=seed,
+    )
+    return args, forget_ds, retain_ds, dataset
+
+
 def run_worker(setup: Setup, model_dir: str, *, steps: int, warmup: int, batch_size: int, seq_len: int,
                device: str, seed: int, threads: int | None) -> dict[str, Any]:
     """Train `warmup + steps` optimizer steps of `setup` and measure them."""
@@ -184,8 +209,7 @@ def run_worker(setup: Setup, model_dir: str, *, steps: int, warmup: int, batch_s
         torch.set_num_threads(threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from lune_hf.config import LuneConfig
-    from lune_hf.data import UnlearningCollator, build_unlearning_dataset, default_refusals, ensure_pad_token
+    from lune_hf.data import UnlearningCollator, ensure_pad_token
     from lune_hf.trainer import LuneTrainer
 
     memory = {"after_import_mb": _current_memory_mb(device)}
@@ -199,23 +223,9 @@ def run_worker(setup: Setup, model_dir: str, *, steps: int, warmup: int, batch_s
     memory["after_load_mb"] = _current_memory_mb(device)
     model_params = sum(p.numel() for p in model.parameters())
 
-    forget, retain = benchmark_rows(seed=seed)
-    from datasets import Dataset
-
-    forget_ds = Dataset.from_list(forget)
-    retain_ds = Dataset.from_list(retain) if setup.retain else None
-    tmp = tempfile.mkdtemp(prefix="lune-bench-")
-    args = LuneConfig(
-        output_dir=tmp, objective=setup.objective, max_steps=warmup + steps, per_device_train_batch_size=batch_size,
-        max_length=seq_len, lora_dropout=setup.lora_dropout, use_cpu=device == "cpu", report_to="none",
-        disable_tqdm=True, seed=seed, save_strategy="no",
-        **({"gradient_checkpointing": True} if setup.gradient_checkpointing else {}),  # False warns in v5
-    )
-    spec = args.spec
-    dataset = build_unlearning_dataset(
-        forget_ds, tokenizer, max_length=seq_len, uses_answer=spec.uses_answer,
-        uses_replacement=spec.uses_replacement, refusals=default_refusals(), retain=retain_ds, seed=seed,
-    )
+    args, forget_ds, retain_ds, dataset = benchmark_inputs(setup, tokenizer, max_steps=warmup + steps,
+                                                           batch_size=batch_size, seq_len=seq_len, device=device,
+                                                           seed=seed)
     collator = UnlearningCollator(tokenizer.pad_token_id)
     first = collator([dataset[i] for i in range(batch_size)])
     tokens_per_step = sum(v.numel() for k, v in first.items() if k.endswith("_input_ids"))

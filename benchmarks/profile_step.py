@@ -326,6 +326,38 @@ def profile_generation(model_dir: str, n_prompts: int, max_new_tokens: int, roun
     return out
 
 
+def tensor_memory_step(model_dir: str, seq_len: int, batch_size: int, setup: efficiency.Setup) -> dict[str, Any]:
+    """Peak of live tensor memory over one whole optimizer step (optimizer state included) of an efficiency setup.
+
+    Runs `efficiency.run_raw_loop` (the same math as `LuneTrainer`) for one step under the profiler's memory
+    timeline: what `torch.cuda.max_memory_allocated` measures on a GPU, without the process runtime and the
+    allocator's cached pages that the RSS counts.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lune_hf.data import UnlearningCollator, ensure_pad_token
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ensure_pad_token(tokenizer)
+    args, _, _, dataset = efficiency.benchmark_inputs(setup, tokenizer, max_steps=1, batch_size=batch_size,
+                                                      seq_len=seq_len, device="cpu", seed=0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # Loaded before profiling: the timeline still counts the parameters (by module), not the loading buffers.
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        efficiency.run_raw_loop(setup, model, args, dataset, UnlearningCollator(tokenizer.pad_token_id), [], [],
+                                "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    totals = [sum(row) for row in sizes]
+    peak = max(range(len(totals)), key=totals.__getitem__)
+    return {"setup": setup.name, "description": setup.description, "peak_mb": totals[peak] / 2**20,
+            "at_peak_mb": {c: v / 2**20 for c, v in zip(TIMELINE_CATEGORIES, sizes[peak][1:], strict=True)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Tiny synthetic model (checks the script, seconds).")
@@ -337,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=20, help="Prompts for the generation profile.")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="Greedy tokens per prompt.")
     parser.add_argument("--json", type=Path, help="Write the measurements here.")
+    parser.add_argument("--tensor-peaks", action="store_true", help="Only the tensor-memory peaks of one whole "
+                        "optimizer step: full-parameter against LoRA (what CUDA max_memory_allocated measures).")
     opts = parser.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
@@ -355,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = str(prepare_smollm2(opts.cache_dir))
         report: dict[str, Any] = {"model_dir": model_dir, "machine": efficiency.machine_description("cpu"),
                                   "threads": torch.get_num_threads(), "load_average_before": os.getloadavg()}
+        if opts.tensor_peaks:
+            report["step_tensor_peaks"] = step_tensor_peaks(model_dir, opts.seq_len, opts.batch_size)
+            return _write(report, opts.json)
         print("profiling a training step ...", flush=True)
         report["training"] = profile_training(model_dir, opts.seq_len, opts.batch_size)
         print(json.dumps(report["training"]["phases_s"], indent=1), flush=True)
@@ -371,11 +408,35 @@ def main(argv: list[str] | None = None) -> int:
         print("profiling generation ...", flush=True)
         report["generation"] = profile_generation(model_dir, opts.prompts, opts.max_new_tokens)
         report["load_average_after"] = os.getloadavg()
+    return _write(report, opts.json)
+
+
+def step_tensor_peaks(model_dir: str, seq_len: int, batch_size: int) -> dict[str, Any]:
+    """Full-parameter AdamW against LoRA (defaults, and without dropout + checkpointing): peaks and ratios."""
+    import dataclasses
+
+    lora = efficiency.SETUPS["lora_raw"]
+    full = efficiency.SETUPS["full_raw"]
+    setups = [full, dataclasses.replace(full, name="full_raw_gc", gradient_checkpointing=True), lora,
+              dataclasses.replace(lora, name="lora_raw_nodrop_gc", lora_dropout=0.0, gradient_checkpointing=True)]
+    peaks = {}
+    for setup in setups:
+        peaks[setup.name] = tensor_memory_step(model_dir, seq_len, batch_size, setup)
+        print(f"{setup.name}: {peaks[setup.name]['peak_mb']:.0f} MB of tensors at the peak", flush=True)
+    mb = {name: entry["peak_mb"] for name, entry in peaks.items()}
+    return {"peaks": peaks, "ratios": {
+        "lora_over_full": mb["lora_raw"] / mb["full_raw"],
+        "lora_nodrop_gc_over_full": mb["lora_raw_nodrop_gc"] / mb["full_raw"],
+        "lora_nodrop_gc_over_full_gc": mb["lora_raw_nodrop_gc"] / mb["full_raw_gc"],
+    }}
+
+
+def _write(report: dict[str, Any], path: Path | None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
-    if opts.json:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        opts.json.write_text(text + "\n", encoding="utf-8")
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n", encoding="utf-8")
     return 0
 
 
