@@ -243,6 +243,18 @@ TIMELINE_CATEGORIES = ["parameter", "optimizer state", "input", "temporary", "ac
                        "autograd detail", "unknown"]
 
 
+def timeline_peak(prof) -> dict[str, Any]:
+    """The highest point of a profiler's CPU memory timeline: total MB and MB by category there."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    totals = [sum(row) for row in sizes]
+    peak = max(range(len(totals)), key=totals.__getitem__)
+    return {"peak_mb": totals[peak] / 2**20,
+            "at_peak_mb": {c: v / 2**20 for c, v in zip(TIMELINE_CATEGORIES, sizes[peak][1:], strict=True)}}
+
+
 def tensor_memory_peak(model_dir: str, seq_len: int, batch_size: int, lora_dropout: float,
                        answer_only_logits: bool) -> dict[str, Any]:
     """Peak of live tensor memory during one forward + backward (torch.profiler memory timeline), by category.
@@ -258,15 +270,7 @@ def tensor_memory_peak(model_dir: str, seq_len: int, batch_size: int, lora_dropo
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         trainer.compute_loss(model, batch).backward()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "timeline.json"
-        prof.export_memory_timeline(str(path), device="cpu")
-        _, sizes = json.loads(path.read_text())
-    totals = [sum(row) for row in sizes]
-    peak = max(range(len(totals)), key=totals.__getitem__)
-    return {"lora_dropout": lora_dropout, "answer_only_logits": answer_only_logits,
-            "peak_mb": totals[peak] / 2**20,
-            "at_peak_mb": {c: v / 2**20 for c, v in zip(TIMELINE_CATEGORIES, sizes[peak][1:], strict=True)}}
+    return {"lora_dropout": lora_dropout, "answer_only_logits": answer_only_logits, **timeline_peak(prof)}
 
 
 def profile_generation(model_dir: str, n_prompts: int, max_new_tokens: int, rounds: int = 3) -> dict[str, Any]:
@@ -348,14 +352,7 @@ def tensor_memory_step(model_dir: str, seq_len: int, batch_size: int, setup: eff
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         efficiency.run_raw_loop(setup, model, args, dataset, UnlearningCollator(tokenizer.pad_token_id), [], [],
                                 "cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "timeline.json"
-        prof.export_memory_timeline(str(path), device="cpu")
-        _, sizes = json.loads(path.read_text())
-    totals = [sum(row) for row in sizes]
-    peak = max(range(len(totals)), key=totals.__getitem__)
-    return {"setup": setup.name, "description": setup.description, "peak_mb": totals[peak] / 2**20,
-            "at_peak_mb": {c: v / 2**20 for c, v in zip(TIMELINE_CATEGORIES, sizes[peak][1:], strict=True)}}
+    return {"setup": setup.name, "description": setup.description, **timeline_peak(prof)}
 
 
 def main(argv: list[str] | None = None) -> int:
