@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import (
@@ -66,9 +67,8 @@ def _forward_accepts_logits_to_keep(cls: type) -> bool:
 
 
 def _inner_model(model) -> torch.nn.Module:
-    """The transformers model under DDP / FSDP / DeepSpeed wrappers and a peft adapter."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
+    """The transformers model under DDP / FSDP / DeepSpeed / torch.compile wrappers and a peft adapter."""
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
