@@ -301,7 +301,8 @@ def run_raw_loop(setup: Setup, model, args, dataset, collator, times: list[float
 
     from lune_hf import objectives as obj
     from lune_hf.data import REPLACEMENT_PREFIX, RETAIN_PREFIX
-    from lune_hf.trainer import answer_logits, default_lora_config
+    from lune_hf.logits import answer_logits
+    from lune_hf.trainer import default_lora_config
 
     if setup.objective != "lune" or setup.full_logits:
         raise ValueError("the raw loop implements the lune objective with answer-only logits only")

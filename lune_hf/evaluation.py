@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .data import pad, prompt_ids, tokenize_example
+from .logits import answer_logits
 from .objectives import IGNORE_INDEX, token_logprobs
 
 
@@ -64,8 +65,7 @@ def score_answers(
             ids = pad([e["input_ids"] for e in chunk], tokenizer.pad_token_id).to(device)
             mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0).to(device)
             labels = pad([e["labels"] for e in chunk], IGNORE_INDEX).to(device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            logps, answer_mask = token_logprobs(logits, labels)
+            logps, answer_mask = token_logprobs(*answer_logits(model, ids, mask, labels))
             for row, row_mask in zip(logps.cpu(), answer_mask.cpu(), strict=True):
                 out.append(row[row_mask].tolist())
     return out

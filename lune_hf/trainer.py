@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import inspect
 import logging
 import math
 import os
@@ -14,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import (
@@ -41,54 +38,11 @@ from .data import (
     ensure_pad_token,
     validate_columns,
 )
+from .logits import answer_logits
 from .report import REPORT_FILE, RunStatus, build_run_report, write_json_atomic, write_report_files
 from .snapshot import load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
-
-
-def answer_window(labels: torch.Tensor) -> int:
-    """How many trailing positions hold every logit that predicts an answer token of the batch.
-
-    The logit at position ``t`` predicts the label at ``t + 1``, so the window starts one position before the
-    earliest answer token of any row (prompt tokens carry the ignore index).
-    """
-    answer = labels != obj.IGNORE_INDEX
-    rows = answer.any(-1)
-    if not bool(rows.any()):
-        return 1
-    first = int(answer[rows].int().argmax(-1).min())
-    return min(labels.shape[1] - first + 1, labels.shape[1])
-
-
-@functools.cache
-def _forward_accepts_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
-def _inner_model(model) -> torch.nn.Module:
-    """The transformers model under DDP / FSDP / DeepSpeed / torch.compile wrappers and a peft adapter."""
-    model = extract_model_from_parallel(model, keep_torch_compile=False)
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def answer_logits(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal-LM logits at the positions that predict answer tokens, with the labels cut to match.
-
-    Prompt positions never enter an unlearning loss, so the lm_head (a ``hidden x vocabulary`` matmul, forward
-    and backward) runs only over the last :func:`answer_window` positions through transformers'
-    ``logits_to_keep``. Every loss computed from the result equals the one from full logits; models whose
-    ``forward`` has no ``logits_to_keep`` get full logits.
-    """
-    kwargs: dict[str, Any] = {}
-    if _forward_accepts_logits_to_keep(type(_inner_model(model))):
-        keep = answer_window(labels)
-        kwargs["logits_to_keep"] = keep
-        labels = labels[:, -keep:]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-    return out.logits, labels
 
 
 class NonFiniteLossError(FloatingPointError):

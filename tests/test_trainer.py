@@ -15,10 +15,10 @@ from transformers import PreTrainedModel, TrainerCallback
 
 from lune_hf import OBJECTIVES, LuneConfig, LuneTrainer, NonFiniteLossError
 from lune_hf import objectives as obj
-from lune_hf.data import UnlearningCollator
-from lune_hf.evaluation import generate_answers, normalize_answer
+from lune_hf.data import UnlearningCollator, tokenize_example
+from lune_hf.evaluation import generate_answers, normalize_answer, score_answers
+from lune_hf.logits import answer_logits, answer_window
 from lune_hf.report import REPORT_FILE
-from lune_hf.trainer import answer_logits, answer_window
 
 
 def config(tmp_path: Path, **kw) -> LuneConfig:
@@ -148,6 +148,20 @@ def test_lm_head_runs_only_where_answers_are_predicted(objective, tiny, tiny_mod
     wanted = {answer_window(batch[f"{p}_labels"]) for p in groups}
     assert set(seen) == wanted
     assert all(n < batch[f"{p}_input_ids"].shape[1] for p in groups for n in [answer_window(batch[f"{p}_labels"])])
+
+
+def test_scoring_with_answer_logits_equals_full_logits(tiny, tiny_model):
+    """Teacher-forced scores use the same answer-only logits; batched, they equal one full forward per row."""
+    facts, tok = tiny
+    prompts, answers = [f.prompt for f in facts[:6]], [f.completion for f in facts[:6]]
+    got = score_answers(tiny_model, tok, prompts, answers, batch_size=6)
+    tiny_model.eval()
+    for prompt, answer, scores in zip(prompts, answers, got, strict=True):
+        ex = tokenize_example(tok, prompt, answer, 512, "row")
+        with torch.no_grad():
+            logits = tiny_model(input_ids=torch.tensor([ex["input_ids"]])).logits
+        want, mask = obj.token_logprobs(logits, torch.tensor([ex["labels"]]))
+        assert scores == pytest.approx(want[mask].tolist(), abs=1e-5)
 
 
 def test_answer_logits_falls_back_to_full_logits():
