@@ -1,60 +1,69 @@
-"""`ForgetRetainCallback`: forget and retain quality measured while training runs, with early stopping.
+"""`ForgetRetainCallback`: forget and retain quality measured while training runs, with the stop rules.
 
-It works with any `transformers.Trainer`. At the start, every `eval_steps` steps and at the end it
-generates greedy answers and scores the gold answers on each evaluation set, computes metrics with
-the `evaluate` modules of `lune_hf.metrics`, and logs them as `<set>/<metric>` (for example
-`forget/rouge_l`, `retain/exact_match`) through the Trainer, so every `report_to` tracker gets them.
+It works with any `transformers.Trainer`; `LuneTrainer` adds one by default (its "checks"). Before the first
+step, every so often and at the end it evaluates the forget and retain sets with the [`Evaluator`], logs
+`<set>/<metric>` (for example `forget/recalled`, `retain/rouge_l`) through the Trainer, so every `report_to`
+tracker gets them, and applies the stop rules:
 
-Under multi-process training each rank evaluates a shard of the rows; the per-row results are gathered
-in order and every rank computes the same metrics, so the numbers equal a single-process run and all
-ranks take the same early-stop decision.
+* stop as soon as the forget target is met (`forget/recalled <= 0.1` by default in `LuneTrainer`);
+* stop when retain falls below its floor (a fraction of its value before training);
+* keep the best adapter seen so far (lowest forget value among the checks that held retain above the floor)
+  and put it back at the end, so what gets saved is never worse than what was measured.
+
+At the end it turns the measurements into an [`Outcome`]: before / after numbers and a verdict.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from . import metrics as lune_metrics
-from .data import split_row, validate_columns
-from .evaluation import generate_answers, score_answers
+from .evaluator import DEFAULT_METRICS, GENERATION_METRICS, SCORING_METRICS, Evaluator
+from .outcome import ForgetTarget, Outcome, above_floor, advice, is_better, judge, retain_floor_value
 from .snapshot import load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
 
-GENERATION_METRICS = ("exact_match", "contains", "rouge_l")
-SCORING_METRICS = ("probability",)
-DEFAULT_METRICS = ("exact_match", "rouge_l", "probability")
-
-
-def _answer_text(completion: Any) -> str:
-    if isinstance(completion, list):  # conversational: the assistant message(s)
-        return " ".join(m["content"] for m in completion)
-    return str(completion)
+__all__ = ["DEFAULT_METRICS", "GENERATION_METRICS", "SCORING_METRICS", "ForgetRetainCallback"]
 
 
 class ForgetRetainCallback(TrainerCallback):
-    """Evaluate forget / retain sets during training; optionally stop early.
+    """Evaluate forget / retain sets during training; stop once forgotten or when retain collapses.
 
     Args:
-        forget_dataset: rows whose answers must disappear (`prompt` / `completion` or `messages`).
+        forget_dataset: rows whose answers must disappear (`prompt` / `completion`, `messages`, or tokenised).
         retain_dataset: rows whose answers must survive.
         extra_sets: further named sets, e.g. `{"paraphrased_forget": ..., "neighbour": ...}`.
-        eval_steps: evaluate every N optimizer steps (and always at the start and the end).
-        metrics: any of `exact_match`, `contains`, `rouge_l`, `probability`.
-        stop_metric: the metric the early-stop rules watch.
-        forget_target: stop as soon as `forget/<stop_metric>` is at or below this value.
-        retain_floor: stop when `retain/<stop_metric>` falls below this fraction of its value at the start.
-        restore_on_floor: when the retain floor is crossed, put back the adapter weights of the last
-            evaluation that was above the floor (the model you save is the last good one).
-        max_rows: evaluate at most this many rows of each set (the first ones).
+        tokenizer: the model's tokenizer (taken from the Trainer when bound).
+        eval_steps: evaluate every N optimizer steps (and always at the start and the end); `None` spaces the
+            checks automatically so that they take at most `max_overhead` of the training time.
+        metrics: any of `recalled`, `exact_match`, `contains`, `rouge_l`, `probability`.
+        stop_metric: the metric the stop rules watch on both sets (overridden by a metric in `forget_target`).
+        forget_target: when the forget set counts as forgotten: a threshold on `forget/<stop_metric>` or a
+            string such as `"recalled<=0.1"`. Needed for a verdict.
+        stop_when_forgotten: stop as soon as the target is met (else train the whole budget and only judge).
+        retain_floor: the lowest `retain/<stop_metric>` allowed, as a fraction of its value at the start: checks
+            below it never count as the best, and `retain_patience` of them in a row stop training.
+        retain_patience: consecutive checks below the retain floor after which training stops (retain often
+            recovers within a check or two, pulled back by the retain term).
+        restore_best: at the end, put back the adapter of the best check (lowest forget value among those that
+            held retain above the floor) if the final one is not it.
+        max_rows: evaluate at most this many rows of each set (evenly spaced).
+        max_new_tokens: greedy answer length; `None` = longest gold answer + 4 tokens, at most 64.
+        max_overhead: with `eval_steps=None`, the largest share of training time the checks may take.
+        boost_stalled_lr: multiply the learning rate by `lr_boost_factor` (up to `max_lr_scale` times the
+            configured one) when a check finds the forget set stalled: the watched metric still at its initial
+            value and the forget answers' probability not halved since the previous check.
+        lr_boost_factor: see `boost_stalled_lr`.
+        max_lr_scale: the cap of `boost_stalled_lr`.
         trainer: the Trainer to log through (`LuneTrainer` binds itself; for a plain `Trainer` pass it or
             call `callback.bind(trainer)`).
     """
@@ -66,167 +75,230 @@ class ForgetRetainCallback(TrainerCallback):
         *,
         extra_sets: Mapping[str, Dataset] | None = None,
         tokenizer=None,
-        eval_steps: int = 50,
+        eval_steps: int | None = 50,
         metrics: Sequence[str] = DEFAULT_METRICS,
-        stop_metric: str = "rouge_l",
-        forget_target: float | None = None,
+        stop_metric: str = "recalled",
+        forget_target: float | str | ForgetTarget | None = None,
+        stop_when_forgotten: bool = True,
         retain_floor: float | None = None,
-        restore_on_floor: bool = True,
+        retain_patience: int = 3,
+        restore_best: bool = True,
         max_rows: int | None = 200,
-        max_new_tokens: int = 32,
+        max_new_tokens: int | None = None,
         batch_size: int = 32,
+        max_overhead: float = 0.15,
+        boost_stalled_lr: bool = False,
+        lr_boost_factor: float = 4.0,
+        max_lr_scale: float = 16.0,
         progress: bool = False,
         trainer=None,
     ) -> None:
-        unknown = [m for m in metrics if m not in GENERATION_METRICS + SCORING_METRICS]
-        if unknown:
-            raise ValueError(f"Unknown metrics {unknown}; choose from {GENERATION_METRICS + SCORING_METRICS}.")
-        if stop_metric not in metrics and (forget_target is not None or retain_floor is not None):
+        if forget_target is not None:
+            target = (ForgetTarget.parse(forget_target) if not isinstance(forget_target, (int, float))
+                      else ForgetTarget(stop_metric, float(forget_target)))
+            stop_metric = target.metric
+        else:
+            target = None
+        if stop_metric not in metrics and (target is not None or retain_floor is not None):
             raise ValueError(f"stop_metric {stop_metric!r} must be one of the metrics {list(metrics)}.")
         if retain_floor is not None and retain_dataset is None:
             raise ValueError("retain_floor needs a retain_dataset to watch.")
-        if eval_steps < 1:
-            raise ValueError(f"eval_steps must be at least 1, got {eval_steps}.")
-        self.sets: dict[str, Dataset] = {"forget": forget_dataset}
-        if retain_dataset is not None:
-            self.sets["retain"] = retain_dataset
-        self.sets.update(extra_sets or {})
-        for name, rows in self.sets.items():
-            validate_columns(rows, name, tokenized_ok=False)
-            if max_rows is not None and len(rows) > max_rows:
-                self.sets[name] = rows.select(range(max_rows))
-        self.tokenizer = tokenizer
+        if retain_floor is not None and not 0.0 <= retain_floor <= 1.0:
+            raise ValueError(f"retain_floor is a fraction of the initial retain value in [0, 1], got {retain_floor}.")
+        if eval_steps is not None and eval_steps < 1:
+            raise ValueError(f"eval_steps must be at least 1 (or None for automatic), got {eval_steps}.")
+        sets = {"forget": forget_dataset, **({"retain": retain_dataset} if retain_dataset is not None else {})}
+        self.evaluator = Evaluator({**sets, **(extra_sets or {})}, tokenizer, metrics=metrics, max_rows=max_rows,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         self.eval_steps = eval_steps
         self.metrics = tuple(metrics)
         self.stop_metric = stop_metric
-        self.forget_target = forget_target
+        self.target = target
+        self.stop_when_forgotten = stop_when_forgotten
         self.retain_floor = retain_floor
-        self.restore_on_floor = restore_on_floor
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.progress = progress
+        self.retain_patience = retain_patience
+        self._checks_below_floor = 0
+        self.restore_best = restore_best
+        self.max_overhead = max_overhead
+        self.boost_stalled_lr = boost_stalled_lr
+        self.max_lr_scale = max_lr_scale
+        self.lr_boost_factor = lr_boost_factor
+        self.lr_scale = 1.0
+        if boost_stalled_lr and "probability" not in self.metrics:
+            raise ValueError("boost_stalled_lr watches forget/probability: add 'probability' to the metrics.")
         self.trainer = trainer
         self.history: list[dict[str, float]] = []
         self.stop_reason: str | None = None
-        modules = {"exact_match" if m == "contains" else m for m in self.metrics}  # one module gives both
-        self._modules = {m: lune_metrics.load(m, keep_in_memory=True) for m in modules}
+        self.outcome: Outcome | None = None
+        self.check_seconds = 0.0
         self._last_evaluated_step = -1
-        self._initial_retain: float | None = None
-        self._good_weights: dict[str, torch.Tensor] | None = None
-        self._good_step: int | None = None
+        self._initial: dict[str, float] | None = None
+        self._floor: float | None = None
+        self._best: tuple[float, int] | None = None
+        self._best_results: dict[str, float] | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
+        self._last_check_end = 0.0
+        self._target_met_at: int | None = None
+        self._last_check_seconds = 0.0
+        self._train_start = 0.0
+
+    @property
+    def sets(self) -> dict[str, Dataset]:
+        return self.evaluator.sets
 
     def bind(self, trainer) -> None:
         """Log through this Trainer (its `log` reaches every `report_to` integration)."""
         self.trainer = trainer
-        if self.tokenizer is None:
-            self.tokenizer = trainer.processing_class
+        self.evaluator.bind_tokenizer(trainer.processing_class)
 
     # ---- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self, model) -> dict[str, float]:
         """Metrics of every set, `<set>/<metric>`; identical on every process."""
-        state = PartialState()
-        results: dict[str, float] = {}
-        for name, rows in self.sets.items():
-            prompts, answers = zip(*(split_row(row) for row in rows), strict=True)
-            indices = list(range(len(rows)))
-            with state.split_between_processes(indices) as shard:
-                local = self._evaluate_rows(model, [prompts[i] for i in shard], [answers[i] for i in shard])
-            gathered = gather_object(local) if state.num_processes > 1 else local
-            results |= {f"{name}/{k}": v for k, v in self._compute(gathered, answers).items()}
-        return results
+        return self.evaluator.evaluate(model)
 
-    def _evaluate_rows(self, model, prompts: list[Any], answers: list[Any]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = [{} for _ in prompts]
-        if not prompts:
-            return rows
-        if any(m in GENERATION_METRICS for m in self.metrics):
-            generated = generate_answers(
-                model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                progress=self.progress,
-            )
-            for row, text in zip(rows, generated, strict=True):
-                row["prediction"] = text
-        if "probability" in self.metrics:
-            logprobs = score_answers(model, self.tokenizer, prompts, answers, batch_size=self.batch_size,
-                                     progress=self.progress)
-            for row, lp in zip(rows, logprobs, strict=True):
-                row["token_logprobs"] = lp
-        return rows
-
-    def _compute(self, rows: list[dict[str, Any]], answers: Sequence[Any]) -> dict[str, float]:
-        references = [_answer_text(a).strip() for a in answers]
-        predictions = [r.get("prediction", "") for r in rows]
-        out: dict[str, float] = {}
-        if "exact_match" in self._modules:
-            scores = self._modules["exact_match"].compute(predictions=predictions, references=references)
-            out |= {k: float(scores[k]) for k in ("exact_match", "contains") if k in self.metrics}
-        if "rouge_l" in self._modules:
-            scores = self._modules["rouge_l"].compute(predictions=predictions, references=references)
-            out["rouge_l"] = float(scores["rouge_l"])
-        if "probability" in self._modules:
-            scores = self._modules["probability"].compute(token_logprobs=[r["token_logprobs"] for r in rows])
-            out["probability"] = float(scores["probability"])
-        return out
-
-    # ---- Trainer events ---------------------------------------------------------------------------
-
-    def _run(self, state, control, model, stop_rules: bool = True) -> None:
+    def _run(self, state, control, model, stop_rules: bool = True, lr_scheduler=None) -> None:
         if state.global_step == self._last_evaluated_step:
             return
         self._last_evaluated_step = state.global_step
+        start = time.perf_counter()
+        previous = self.history[-1] if self.history else None
         results = self.evaluate(model)
+        if self.boost_stalled_lr and previous is not None and lr_scheduler is not None and stop_rules:
+            self._boost_if_stalled(previous, results, lr_scheduler, state.global_step)
         self.history.append({"step": state.global_step, **results})
         if self.trainer is not None:
             self.trainer.log(dict(results))
         else:
             state.log_history.append({**results, "step": state.global_step})
             logger.info("step %d: %s", state.global_step, results)
+        self._track(state, model, results)
         if stop_rules:
             self._apply_stop_rules(state, control, model, results)
+        self._last_check_end = time.perf_counter()
+        self._last_check_seconds = self._last_check_end - start
+        self.check_seconds += self._last_check_seconds
+
+    def _boost_if_stalled(self, previous: dict[str, float], results: dict[str, float], lr_scheduler,
+                          step: int) -> None:
+        """Raise the learning rate while the watched forget metric has not moved from its initial value and the
+        forget answers' probability did not halve since the previous check."""
+        before, now = previous.get("forget/probability"), results.get("forget/probability")
+        factor = min(self.lr_boost_factor, self.max_lr_scale / self.lr_scale)
+        if before is None or now is None or now < 0.5 * before or factor <= 1.0:
+            return
+        key = f"forget/{self.stop_metric}"
+        if key in results and results[key] < self._initial.get(key, 0.0) - 1e-9:  # it has moved: the rate works
+            return
+        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper
+        if not hasattr(scheduler, "base_lrs"):
+            return
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+        self.lr_scale *= factor
+        logger.warning("forget/probability moved from %.3f to %.3f since the last check: learning rate x%g from "
+                       "step %d.", before, now, self.lr_scale, step)
+
+    def _retain_value(self, results: dict[str, float]) -> float | None:
+        return results.get(f"retain/{self.stop_metric}")
+
+    def _track(self, state, model, results: dict[str, float]) -> None:
+        """Remember the initial values and the best adapter so far."""
+        if self._initial is None:
+            self._initial = dict(results)
+            self._floor = retain_floor_value(self._retain_value(results), self.retain_floor)
+        forget = results.get(f"forget/{self.stop_metric}")
+        if forget is None or not above_floor(self._retain_value(results), self._floor):
+            return
+        if is_better((forget, state.global_step), self._best):
+            self._best = (forget, state.global_step)
+            self._best_results = dict(results)
+            if self.restore_best:
+                self._best_weights = trainable_state(model)
 
     def _apply_stop_rules(self, state, control, model, results: dict[str, float]) -> None:
-        retain_key = f"retain/{self.stop_metric}"
-        if self.retain_floor is not None and retain_key in results:
-            if self._initial_retain is None:
-                self._initial_retain = results[retain_key]
-            floor = self.retain_floor * self._initial_retain
-            if results[retain_key] < floor:
+        retain = self._retain_value(results)
+        if not above_floor(retain, self._floor):
+            self._checks_below_floor += 1
+            logger.warning("retain/%s is %.3f, below the floor %.3f at step %d (%d/%d checks before stopping).",
+                           self.stop_metric, retain, self._floor, state.global_step, self._checks_below_floor,
+                           self.retain_patience)
+            if self._checks_below_floor >= self.retain_patience:
                 self.stop_reason = (
-                    f"{retain_key} fell to {results[retain_key]:.3f}, below the floor {floor:.3f} "
-                    f"({self.retain_floor:.0%} of its initial {self._initial_retain:.3f}) at step {state.global_step}"
+                    f"retain/{self.stop_metric} stayed below the floor {self._floor:.3f} ({self.retain_floor:.0%} of "
+                    f"its initial {self._retain_value(self._initial):.3f}) for {self._checks_below_floor} checks, "
+                    f"{retain:.3f} at step {state.global_step}"
                 )
-                if self.restore_on_floor and self._good_weights is not None:
-                    load_trainable_state(model, self._good_weights)
-                    self.stop_reason += f"; adapter weights of step {self._good_step} restored"
                 control.should_training_stop = True
                 logger.warning("Early stop: %s.", self.stop_reason)
-                return
-            if self.restore_on_floor:
-                self._good_weights = trainable_state(model)
-                self._good_step = state.global_step
-        forget_key = f"forget/{self.stop_metric}"
-        if self.forget_target is not None and state.global_step > 0 and results[forget_key] <= self.forget_target:
+            return
+        self._checks_below_floor = 0
+        if self.target is not None and self.stop_when_forgotten and self.target.met(results[self.target.key]):
             self.stop_reason = (
-                f"{forget_key} reached {results[forget_key]:.3f} (target {self.forget_target}) "
+                f"{self.target.key} reached {results[self.target.key]:.3f} (target {self.target.threshold:g}) "
                 f"at step {state.global_step}"
             )
             control.should_training_stop = True
+            self._target_met_at = state.global_step
             logger.info("Early stop: %s.", self.stop_reason)
 
+    def _due(self, state) -> bool:
+        """Whether a check is due after this step; the same answer on every process."""
+        if self.eval_steps is not None:
+            return state.global_step % self.eval_steps == 0
+        trained = time.perf_counter() - self._last_check_end
+        due = [trained * self.max_overhead >= self._last_check_seconds]
+        if PartialState().num_processes > 1:
+            broadcast_object_list(due, from_process=0)
+        return bool(due[0])
+
+    # ---- Trainer events ---------------------------------------------------------------------------
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.tokenizer is None:
-            self.tokenizer = kwargs.get("processing_class")
-        if self.tokenizer is None:
+        self.evaluator.bind_tokenizer(kwargs.get("processing_class"))
+        if self.evaluator.tokenizer is None:
             raise ValueError("ForgetRetainCallback needs a tokenizer: pass `tokenizer=` or bind a Trainer.")
+        self.evaluator.prepare()  # one-off work, kept out of the timing that spaces the checks
+        self._train_start = time.perf_counter()
         self._run(state, control, model)
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.eval_steps == 0:
-            self._run(state, control, model)
+    def on_step_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+        if self._due(state):
+            self._run(state, control, model, lr_scheduler=lr_scheduler)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self._good_step is not None and self.stop_reason and "restored" in self.stop_reason:
-            # The restored weights are what gets saved: measure them as the final numbers.
-            self._last_evaluated_step = -1
-        self._run(state, control, model, stop_rules=False)
+        # A stop decided at a check takes effect after the next step (the Trainer looks at the flag after a step):
+        # that check's adapter is the one kept, so the extra step needs no measuring.
+        if self._target_met_at is None or self._target_met_at == state.global_step:
+            self._run(state, control, model, stop_rules=False)
+        final = self.history[-1] if self.history else {}
+        restored = None
+        if (self.restore_best and self._best is not None and self._best_weights is not None
+                and self._best[1] != state.global_step):
+            load_trainable_state(model, self._best_weights)
+            restored = self._best[1]
+            final = {"step": restored, **self._best_results}
+            logger.warning("Kept the adapter of step %d (the best forget value with retain above the floor).",
+                           restored)
+        self.outcome = self._judge(args, state, final, restored)
+
+    def _judge(self, args, state, final: dict[str, Any], restored: int | None) -> Outcome | None:
+        if self.target is None or self._initial is None:
+            return None
+        before = {k: v for k, v in self._initial.items() if k.startswith(("forget/", "retain/"))}
+        after = {k: final[k] for k in before if k in final}
+        verdict = judge(self.target, before.get(self.target.key), after.get(self.target.key))
+        budget_used = state.max_steps > 0 and state.global_step >= state.max_steps
+        reason = self.stop_reason or ("the training budget ran out" if budget_used else "training ended")
+        return Outcome(
+            verdict=verdict,
+            target=self.target,
+            before=before,
+            after=after,
+            steps=state.global_step,
+            stop_reason=reason,
+            retain_floor=self._floor,
+            retain_ok=above_floor(self._retain_value(after), self._floor),
+            restored_step=restored,
+            hint=advice(verdict, learning_rate=args.learning_rate, stop_reason=self.stop_reason,
+                        budget_used=budget_used, has_retain="retain" in self.sets),
+        )

@@ -11,7 +11,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .report import before_after_rows, format_metric
+from .report import before_after_rows, format_metric, is_verified, unverified_reason
 
 TEMPLATE = "lune_adapter.md"
 TAGS = ["lune", "unlearning", "lora", "peft"]
@@ -86,6 +86,7 @@ def render_card(
         {"name": key, "before": format_metric(before), "after": format_metric(after)}
         for key, before, after in before_after_rows(report)
     ]
+    outcome = report.get("outcome")
     return ModelCard.from_template(
         card_data,
         template_str=template_text(),
@@ -100,6 +101,9 @@ def render_card(
         hyperparameters=_readable(report["hyperparameters"]),
         global_step=report.get("global_step"),
         stop_reason=report.get("stop_reason"),
+        outcome=outcome,
+        verdict=outcome["verdict"].replace("_", " ") if outcome else None,
+        unverified=None if is_verified(report) else unverified_reason(report),
         results=rows,
         has_plot=has_plot,
         versions={p.replace("-", "_"): _version(p)

@@ -27,16 +27,6 @@ class TrainScriptArguments:
         default="completion", metadata={"help": "Column holding the answer (e.g. `answer`)."}
     )
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    forget_eval_steps: int = field(
-        default=0, metadata={"help": "Evaluate forget/retain every N steps with ForgetRetainCallback (0: off)."}
-    )
-    forget_target: float | None = field(
-        default=None, metadata={"help": "Stop once forget ROUGE-L is at or below this value."}
-    )
-    retain_floor: float | None = field(
-        default=None, metadata={"help": "Stop (and restore the last good adapter) when retain ROUGE-L falls "
-                                "below this fraction of its start value."}
-    )
 
 
 def _rename_columns(rows, prompt_column: str, completion_column: str, source: str):
@@ -50,7 +40,6 @@ def _rename_columns(rows, prompt_column: str, completion_column: str, source: st
 def cmd_train(argv: Sequence[str]) -> int:
     from trl import TrlParser
 
-    from .callbacks import ForgetRetainCallback
     from .config import LuneConfig
     from .data import load_rows
     from .trainer import LuneTrainer
@@ -68,24 +57,12 @@ def cmd_train(argv: Sequence[str]) -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(script.tokenizer_name_or_path)
-    callbacks = []
-    if script.forget_eval_steps:
-        callbacks.append(
-            ForgetRetainCallback(
-                forget,
-                retain,
-                eval_steps=script.forget_eval_steps,
-                forget_target=script.forget_target,
-                retain_floor=script.retain_floor if retain is not None else None,
-            )
-        )
     trainer = LuneTrainer(
         script.model_name_or_path,
         config,
         train_dataset=forget,
         retain_dataset=retain,
         processing_class=tokenizer,
-        callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model()
@@ -129,6 +106,8 @@ def cmd_publish(argv: Sequence[str]) -> int:
     parser.add_argument("--include-tokenizer", action="store_true", help="Upload the tokenizer files too.")
     parser.add_argument("--forget-data", default=None, help="Forget set file: refuse to publish if any of its "
                         "prompts or answers appears in a file to upload.")
+    parser.add_argument("--allow-unverified", action="store_true", help="Publish even though the run's checks do "
+                        "not show the forget set forgotten (the card then says so first).")
     _endpoint_args(parser)
     args = parser.parse_args(argv)
     forget_texts = None
@@ -141,7 +120,7 @@ def cmd_publish(argv: Sequence[str]) -> int:
                          private=args.private, revision=args.revision, create_pr=args.create_pr,
                          commit_message=args.commit_message, endpoint=args.endpoint, summary=args.summary,
                          license=args.license, datasets=args.dataset, include_tokenizer=args.include_tokenizer,
-                         forget_texts=forget_texts)
+                         forget_texts=forget_texts, allow_unverified=args.allow_unverified)
     except PublishError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -200,8 +179,8 @@ def cmd_eval(argv: Sequence[str]) -> int:
     import json
     from pathlib import Path
 
-    from .callbacks import DEFAULT_METRICS, GENERATION_METRICS, SCORING_METRICS, ForgetRetainCallback
     from .data import load_rows
+    from .evaluator import DEFAULT_METRICS, METRICS, Evaluator
 
     parser = argparse.ArgumentParser(prog="lune-hf eval", description="Forget / retain metrics of a model, "
                                      "with or without unlearning adapters.")
@@ -210,11 +189,12 @@ def cmd_eval(argv: Sequence[str]) -> int:
     parser.add_argument("--forget", required=True, help="Forget set (file or Hub dataset id).")
     parser.add_argument("--retain", default=None, help="Retain set.")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
-                        choices=list(GENERATION_METRICS + SCORING_METRICS), help="Metrics to compute.")
+                        choices=list(METRICS), help="Metrics to compute.")
     parser.add_argument("--prompt-column", default="prompt", help="Column holding the prompt.")
     parser.add_argument("--completion-column", default="completion", help="Column holding the answer.")
     parser.add_argument("--max-rows", type=int, default=None, help="Evaluate at most N rows of each set.")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="Greedy answer length.")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="Greedy answer length (default: the "
+                        "longest gold answer + 4 tokens, at most 64).")
     parser.add_argument("--batch-size", type=int, default=32, help="Rows per forward pass.")
     parser.add_argument("--json", default="eval_results.json", help="Where to write the results.")
     _endpoint_args(parser)
@@ -234,10 +214,9 @@ def cmd_eval(argv: Sequence[str]) -> int:
     ensure_pad_token(tokenizer)
     sets = {name: _rename_columns(load_rows(src), args.prompt_column, args.completion_column, src)
             for name, src in (("forget", args.forget), ("retain", args.retain)) if src}
-    callback = ForgetRetainCallback(sets["forget"], sets.get("retain"), tokenizer=tokenizer, metrics=args.metrics,
-                                    max_rows=args.max_rows, max_new_tokens=args.max_new_tokens,
-                                    batch_size=args.batch_size, progress=True)
-    results = callback.evaluate(model)
+    evaluator = Evaluator(sets, tokenizer, metrics=args.metrics, max_rows=args.max_rows,
+                          max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
+    results = evaluator.evaluate(model)
     print(f"{'metric':<28}{'value':>10}")
     for key, value in results.items():
         print(f"{key:<28}{value:>10.4f}")

@@ -1,9 +1,10 @@
-"""`lune-hf demo`: unlearn synthetic facts from a tiny model, offline, in about a minute on 2 CPU cores.
+"""`lune-hf demo`: unlearn synthetic facts from a tiny model, offline, on 2 CPU cores.
 
 1. build a 2-layer Llama and a word-level tokenizer from a config and memorise 200 invented facts;
-2. forget every tenth fact with the default LUNE objective (refusal targets, retain NLL term),
-   watched by a `ForgetRetainCallback` that stops once the forget answers are gone;
-3. print a before/after table and sample answers; save adapter, tokenizer, report and plot.
+2. forget every tenth fact with `LuneTrainer` at its defaults (LUNE objective, refusal targets, retain NLL term,
+   checks that stop once the forget answers are gone), with the higher learning rate and budget that a 2-layer
+   model trained from scratch needs;
+3. print the verdict, a before/after table and sample answers; save adapter, report and plot.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from .callbacks import ForgetRetainCallback
 from .config import LuneConfig
 from .evaluation import generate_answers
 from .report import MARKDOWN_FILE, read_report
@@ -44,19 +44,14 @@ def split_facts(facts: list[Fact], every: int = 10) -> tuple[list[Fact], list[Fa
 
 
 def demo_config(output_dir: str | Path, seed: int = 0, **overrides) -> LuneConfig:
-    """The settings the demo uses on its tiny model (a real model wants the LuneConfig defaults)."""
+    """The demo's settings: the `LuneConfig` defaults, except what its from-scratch 2-layer model needs."""
     settings = dict(
         output_dir=str(output_dir),
-        objective="lune",
-        learning_rate=1e-2,
+        learning_rate=1e-2,  # a model trained from scratch on 200 facts moves far slower than a pretrained one
         num_train_epochs=100,
-        per_device_train_batch_size=4,
-        retain_weight=1.0,
         logging_steps=25,
-        save_strategy="no",
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=False,
         report_to="none",
     )
     settings.update(overrides)
@@ -96,25 +91,14 @@ def run_demo(
                                       max_new_tokens=8)
 
     say("[2/3] Unlearning with LuneTrainer (objective 'lune': refusal targets + retain NLL, LoRA r=16)...")
-    callback = ForgetRetainCallback(
-        forget_rows,
-        retain_rows,
-        eval_steps=25,
-        metrics=("exact_match", "rouge_l", "probability"),
-        stop_metric="exact_match",
-        forget_target=0.0,
-        retain_floor=0.8,
-        max_new_tokens=8,
-    )
     trainer = LuneTrainer(
         memorised.model,
         demo_config(output_dir, seed=seed),
         train_dataset=forget_rows,
         retain_dataset=retain_rows,
         processing_class=memorised.tokenizer,
-        callbacks=[callback],
     )
-    trainer.base_model_id = str(base_dir)
+    trainer.base_model_id = str(base_dir.resolve())
     trainer.train()
     trainer.save_model()
     report = read_report(output_dir)
@@ -123,11 +107,11 @@ def run_demo(
                                      max_new_tokens=8)
 
     say("[3/3] Results")
+    say(f"      verdict: {report['status'].replace('_', ' ')} after {report['global_step']} steps "
+        f"({report['stop_reason']})")
     say(f"      {'metric':<28}{'before':>10}{'after':>10}")
     for key in sorted(before):
         say(f"      {key:<28}{before[key]:>10.3f}{after.get(key, float('nan')):>10.3f}")
-    if callback.stop_reason:
-        say(f"      early stop: {callback.stop_reason}")
     say("\n      sample answers (F = to forget, R = to retain)")
     for fact, old, new in zip(samples, answers_before, answers_after, strict=True):
         tag = "F" if fact in forget else "R"

@@ -19,7 +19,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
 from .card import render_card
-from .report import BASE_CONFIG_KEYS, PLOT_FILE, REPORT_FILE, RunStatus, read_report
+from .report import BASE_CONFIG_KEYS, FINISHED, PLOT_FILE, REPORT_FILE, is_verified, read_report, unverified_reason
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,12 @@ def _redact(text: str, token: str | None) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_output_dir(output_dir: str | Path) -> dict[str, Any]:
-    """Refuse a folder that holds no complete, safetensors adapter from a finished run; return its report."""
+def check_output_dir(output_dir: str | Path, *, allow_unverified: bool = True) -> dict[str, Any]:
+    """Refuse a folder that holds no complete, safetensors adapter from a finished run; return its report.
+
+    With `allow_unverified=False` also refuse a run whose verdict is not `forgotten` or whose retain fell below
+    its floor.
+    """
     folder = Path(output_dir)
     if not folder.is_dir():
         raise PublishError(f"{folder}: no such folder.")
@@ -78,11 +82,17 @@ def check_output_dir(output_dir: str | Path) -> dict[str, Any]:
     report = read_report(folder)
     if report is None:
         raise PublishError(f"{folder}: no {REPORT_FILE}; the run did not finish saving. Train and save again.")
-    if report.get("status") != RunStatus.COMPLETED.value:
+    if report.get("status") not in {status.value for status in FINISHED}:
         detail = report.get("status_detail") or ""
         raise PublishError(
             f"{folder}: the run did not complete (status {report.get('status')!r}{': ' + detail if detail else ''}); "
             "refusing to publish a failed or unfinished adapter."
+        )
+    if not allow_unverified and not is_verified(report):
+        raise PublishError(
+            f"{folder}: refusing to publish an adapter that is not shown to forget: {unverified_reason(report)}. "
+            "Train until the verdict is 'forgotten' (the log's table says the likely fix), or publish anyway with "
+            "allow_unverified=True (lune-hf publish --allow-unverified): the card then says so in its first lines."
         )
     return report
 
@@ -114,10 +124,11 @@ def stage_folder(
     license: str | None = None,
     datasets: Sequence[str] | None = None,
     include_tokenizer: bool = False,
+    allow_unverified: bool = False,
 ) -> list[str]:
     """Copy exactly the files to publish into `staging`, with the card and the real base id; return their names."""
     folder = Path(output_dir)
-    report = check_output_dir(folder)
+    report = check_output_dir(folder, allow_unverified=allow_unverified)
     base = resolve_base_model(folder, report, base_model)
     shutil.copy2(folder / ADAPTER_WEIGHTS, staging / ADAPTER_WEIGHTS)
     config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
@@ -164,8 +175,12 @@ def publish(
     datasets: Sequence[str] | None = None,
     include_tokenizer: bool = False,
     forget_texts: Sequence[str] | None = None,
+    allow_unverified: bool = False,
 ):
     """Publish an unlearning run's output folder to the Hub, in one commit. Returns the `CommitInfo`.
+
+    Refuses a run whose own checks did not find the forget set forgotten (verdict other than `forgotten`, retain
+    below its floor, or no checks) unless `allow_unverified=True`; the card of such an adapter says so first.
 
     Uploads `adapter_model.safetensors`, `adapter_config.json` (with the real base model id),
     `unlearning_report.json`, the plot and a generated `README.md` model card; with `include_tokenizer`
@@ -180,7 +195,8 @@ def publish(
     with tempfile.TemporaryDirectory(prefix="lune-publish-") as tmp:
         staging = Path(tmp)
         files = stage_folder(output_dir, staging, repo_id=repo_id, base_model=base_model, summary=summary,
-                             license=license, datasets=datasets, include_tokenizer=include_tokenizer)
+                             license=license, datasets=datasets, include_tokenizer=include_tokenizer,
+                             allow_unverified=allow_unverified)
         leaks = find_leaks(staging, [token or ""] + list(forget_texts or []))
         if leaks:
             names = sorted({name for name, _ in leaks})

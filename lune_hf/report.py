@@ -19,10 +19,34 @@ EVAL_PREFIXES = ("forget/", "retain/")
 
 
 class RunStatus(str, Enum):
+    """State of a run. A finished run with checks carries its verdict; `completed` means it ran without checks."""
+
     NOT_STARTED = "not_started"
     RUNNING = "running"
     COMPLETED = "completed"
+    FORGOTTEN = "forgotten"
+    PARTLY_FORGOTTEN = "partly_forgotten"
+    NOT_FORGOTTEN = "not_forgotten"
     FAILED = "failed"
+
+
+FINISHED = (RunStatus.COMPLETED, RunStatus.FORGOTTEN, RunStatus.PARTLY_FORGOTTEN, RunStatus.NOT_FORGOTTEN)
+
+
+def is_verified(report: dict[str, Any]) -> bool:
+    """True when the run's own checks found the forget set forgotten with retain above its floor."""
+    outcome = report.get("outcome") or {}
+    return report.get("status") == RunStatus.FORGOTTEN.value and outcome.get("retain_ok", False) is True
+
+
+def unverified_reason(report: dict[str, Any]) -> str:
+    """Why a finished run does not count as verified, in a few words."""
+    outcome = report.get("outcome")
+    if not outcome:
+        return "the run made no forget/retain checks (forget_eval_steps=0), so nothing shows it forgot"
+    if outcome.get("retain_ok") is False:
+        return f"retain fell below its floor ({outcome.get('retain_floor')})"
+    return f"its verdict is '{outcome['verdict'].replace('_', ' ')}' (target {outcome.get('target')})"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -107,6 +131,11 @@ def build_run_report(trainer) -> dict[str, Any]:
     n_total = sum(p.numel() for p in model.parameters())
     status = getattr(trainer, "run_status", RunStatus.COMPLETED)
     stop_reasons = [cb.stop_reason for cb in trainer.callback_handler.callbacks if getattr(cb, "stop_reason", None)]
+    outcome = getattr(trainer, "outcome", None)
+    # The outcome's "after" is what the saved adapter measured (the best check, when one was restored).
+    evaluation = {"history": history, **before_after(history)}
+    if outcome is not None:
+        evaluation |= {"before": outcome.before, "after": outcome.after}
     return {
         "format": "lune-hf/unlearning-report/1",
         "lune_hf_version": __version__,
@@ -135,14 +164,15 @@ def build_run_report(trainer) -> dict[str, Any]:
         "parameters": {"trainable": n_trainable, "total": n_total},
         "base_config": base_config_summary(model),
         "global_step": trainer.state.global_step,
-        "stop_reason": stop_reasons[0] if stop_reasons else None,
+        "stop_reason": outcome.stop_reason if outcome is not None else (stop_reasons[0] if stop_reasons else None),
+        "outcome": outcome.as_dict() if outcome is not None else None,
         "forget_set": {"rows": len(trainer.forget_dataset), "sha256": fingerprint(trainer.forget_dataset)},
         "retain_set": (
             {"rows": len(trainer.retain_dataset), "sha256": fingerprint(trainer.retain_dataset)}
             if trainer.retain_dataset is not None
             else None
         ),
-        "evaluation": {"history": history, **before_after(history)},
+        "evaluation": evaluation,
         "train_log": [
             {k: v for k, v in entry.items() if isinstance(v, (int, float))}
             for entry in trainer.state.log_history
@@ -206,8 +236,16 @@ def render_markdown(report: dict[str, Any], plot_name: str | None) -> str:
         f"- steps: {report.get('global_step')}; forget rows: {report['forget_set']['rows']}"
         + (f"; retain rows: {report['retain_set']['rows']}" if report.get("retain_set") else ""),
     ]
+    outcome = report.get("outcome")
+    if outcome:
+        lines.append(f"- verdict: **{outcome['verdict'].replace('_', ' ')}** (target `{outcome['target']}`)"
+                     + ("" if outcome.get("retain_ok", True) else "; retain fell below its floor"))
+        if outcome.get("restored_step") is not None:
+            lines.append(f"- adapter kept: the one of step {outcome['restored_step']} (best check)")
+        if outcome.get("hint"):
+            lines.append(f"- likely fix: {outcome['hint']}")
     if report.get("stop_reason"):
-        lines.append(f"- early stop: {report['stop_reason']}")
+        lines.append(f"- stopped: {report['stop_reason']}")
     rows = before_after_rows(report)
     if rows:
         lines += ["", "| metric | before | after |", "| --- | ---: | ---: |"]

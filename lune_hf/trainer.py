@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from . import objectives as obj
+from .callbacks import ForgetRetainCallback
 from .config import LuneConfig
 from .data import (
     FORGET_PREFIX,
@@ -39,6 +40,7 @@ from .data import (
     validate_columns,
 )
 from .logits import answer_logits
+from .outcome import Outcome
 from .report import REPORT_FILE, RunStatus, build_run_report, write_json_atomic, write_report_files
 from .snapshot import load_trainable_state, trainable_state
 
@@ -187,9 +189,39 @@ class LuneTrainer(Trainer):
         self._last_good_step = 0
         self.run_status = RunStatus.NOT_STARTED
         self.add_callback(_RetainPairingCallback(train_tokens))
+        self.forget_check = self._forget_check(args, train_dataset, retain_dataset, processing_class)
+        self.outcome: Outcome | None = None
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "bind"):
                 callback.bind(self)
+
+    def _forget_check(self, args: LuneConfig, forget: Dataset, retain: Dataset | None,
+                      tokenizer) -> ForgetRetainCallback | None:
+        """The callback whose measurements decide when to stop and give the verdict.
+
+        A `ForgetRetainCallback` with a forget target passed in `callbacks` is used as it is; otherwise one is
+        built from the config (unless `forget_eval_steps=0`).
+        """
+        given = [cb for cb in self.callback_handler.callbacks if isinstance(cb, ForgetRetainCallback)]
+        with_target = [cb for cb in given if cb.target is not None]
+        if with_target:
+            return with_target[0]
+        if args.forget_eval_steps == 0:
+            return None
+        check = ForgetRetainCallback(
+            forget,
+            retain,
+            tokenizer=tokenizer,
+            eval_steps=args.forget_eval_steps,
+            forget_target=args.forget_target,
+            stop_when_forgotten=args.stop_when_forgotten,
+            retain_floor=args.retain_floor if retain is not None else None,
+            max_rows=args.forget_eval_max_rows,
+            boost_stalled_lr=args.boost_stalled_lr,
+            trainer=self,
+        )
+        self.add_callback(check)
+        return check
 
     # ---------------------------------------------------------------------------------------------
     # Loss
@@ -332,8 +364,14 @@ class LuneTrainer(Trainer):
     # ---------------------------------------------------------------------------------------------
 
     def train(self, *args, **kwargs):
+        """Train until the forget set is forgotten (or the budget runs out), then show and record the verdict.
+
+        The returned `TrainOutput.metrics` carries the forget / retain numbers before and after
+        (`forget_recalled_before`, ...), the steps used and the `verdict`.
+        """
         self.run_status = RunStatus.RUNNING
         self.run_status_detail = ""
+        self.outcome = None
         try:
             output = super().train(*args, **kwargs)
         except BaseException as err:
@@ -341,7 +379,16 @@ class LuneTrainer(Trainer):
                 self.run_status = RunStatus.FAILED
                 self.run_status_detail = f"{type(err).__name__}"
             raise
-        self.run_status = RunStatus.COMPLETED
+        self.outcome = self.forget_check.outcome if self.forget_check is not None else None
+        if self.outcome is None:
+            self.run_status = RunStatus.COMPLETED
+            return output
+        self.run_status = RunStatus(self.outcome.verdict.value)
+        self.run_status_detail = self.outcome.stop_reason
+        output.metrics.update(self.outcome.train_metrics())
+        if self.is_world_process_zero():
+            print(f"\nUnlearning result ({self.args.objective}, {self.outcome.steps} steps)\n{self.outcome.table()}\n",
+                  flush=True)
         return output
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -16,7 +16,7 @@ from lune_hf.snapshot import trainable_state
 def args(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", disable_tqdm=True,
                 per_device_train_batch_size=2, learning_rate=1e-2, logging_steps=1, lora_dropout=0.0,
-                warmup_steps=0)
+                warmup_steps=0, forget_eval_steps=0)
     base.update(kw)
     return LuneConfig(**base)
 

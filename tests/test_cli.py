@@ -41,9 +41,9 @@ def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_pat
     ])
     assert code == 0
     report = read_report(out)
-    assert report["status"] == "completed"
+    assert report["status"] == "forgotten"
     assert report["hyperparameters"]["learning_rate"] == 0.01  # from the YAML
-    assert report["evaluation"]["after"]["forget/rouge_l"] <= 0.1  # forget_target from the YAML stopped it
+    assert report["evaluation"]["after"]["forget/recalled"] <= 0.1  # the default forget target stopped it
     assert (out / "adapter_model.safetensors").is_file() and (out / MARKDOWN_FILE).is_file()
 
     results = tmp_path / "eval.json"

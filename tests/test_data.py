@@ -17,7 +17,8 @@ CHAT_TEMPLATE = (
 
 
 def cfg(tmp_path, **kw):
-    return LuneConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1, **kw)
+    return LuneConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1, forget_eval_steps=0,
+                      **kw)
 
 
 def test_prompt_tokens_are_masked(tiny):

@@ -32,6 +32,7 @@ def config(tmp_path: Path, **kw) -> LuneConfig:
         learning_rate=1e-2,
         logging_steps=1,
         lora_dropout=0.0,
+        forget_eval_steps=0,  # mechanics: no forget/retain checks (tests/test_outcome.py covers them)
     )
     base.update(kw)
     return LuneConfig(**base)

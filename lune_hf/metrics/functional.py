@@ -177,12 +177,23 @@ def _rouge_scorer(use_stemmer: bool):
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True) -> dict[str, Any]:
+RECALLED_THRESHOLD = 0.5
+
+
+def rouge_l(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    use_stemmer: bool = True,
+    recalled_threshold: float = RECALLED_THRESHOLD,
+) -> dict[str, Any]:
     """ROUGE-L recall ``LCS(pred, ref) / |ref|`` (in tokens) of each prediction against its reference.
 
     ``RougeScorer(["rougeL"], use_stemmer=True).score(reference, prediction).recall``, as open-unlearning's
     ``rougeL_recall``. An empty (or whitespace-only) prediction scores 0. Returns
-    ``{"rouge_l": mean, "scores": [...]}``; range [0, 1].
+    ``{"rouge_l": mean, "recalled": share of rows scoring >= recalled_threshold, "scores": [...]}``; range [0, 1].
+
+    ``recalled`` counts the answers the model still gives: with the default 0.5, at least half of the reference's
+    words come back in order (for a one-word answer: the word appears).
     """
     _paired(predictions, references, ("predictions", "references"))
     scorer = _rouge_scorer(use_stemmer)
@@ -190,7 +201,11 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str], use_stemmer: 
         scorer.score(ref, pred)["rougeL"].recall if pred.strip() else 0.0
         for pred, ref in zip(predictions, references, strict=True)
     ]
-    return {"rouge_l": float(np.mean(scores)), "scores": [float(s) for s in scores]}
+    return {
+        "rouge_l": float(np.mean(scores)),
+        "recalled": float(np.mean([s >= recalled_threshold for s in scores])),
+        "scores": [float(s) for s in scores],
+    }
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:

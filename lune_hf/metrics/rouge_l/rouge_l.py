@@ -9,7 +9,8 @@ _DESCRIPTION = (
     "ROUGE-L recall of each generated answer against its reference: the length of the longest common "
     "subsequence of (Porter-stemmed) tokens divided by the number of reference tokens, computed with "
     "rouge_score's RougeScorer(['rougeL'], use_stemmer=True); an empty generation scores 0; the result is "
-    "the mean over rows. Range: [0, 1]. Direction: on the forget set lower is better (the model no longer "
+    "the mean over rows. `recalled` is the share of rows scoring at least `recalled_threshold` (0.5): answers "
+    "the model still gives. Range: [0, 1]. Direction: on the forget set lower is better (the model no longer "
     "reproduces the forgotten answers); on retain sets higher is better."
 )
 
@@ -28,8 +29,10 @@ Args:
     predictions (`list` of `str`): generated answers.
     references (`list` of `str`): reference answers, one per prediction.
     use_stemmer (`bool`, default True): Porter-stem tokens before matching.
+    recalled_threshold (`float`, default 0.5): per-row score from which an answer counts as recalled.
 Returns:
     rouge_l (`float`): mean ROUGE-L recall, in [0, 1].
+    recalled (`float`): share of rows scoring at least `recalled_threshold`, in [0, 1].
     scores (`list` of `float`): per-row recall.
 Examples:
     >>> metric = lune_hf.metrics.load("rouge_l")
@@ -53,5 +56,6 @@ class RougeL(evaluate.Metric):
             reference_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
         )
 
-    def _compute(self, predictions, references, use_stemmer=True):
-        return functional.rouge_l(predictions, references, use_stemmer=use_stemmer)
+    def _compute(self, predictions, references, use_stemmer=True, recalled_threshold=functional.RECALLED_THRESHOLD):
+        return functional.rouge_l(predictions, references, use_stemmer=use_stemmer,
+                                  recalled_threshold=recalled_threshold)

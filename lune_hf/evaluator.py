@@ -1,0 +1,175 @@
+"""`Evaluator`: forget / retain quality of a model, the one code path behind every number lune-hf reports.
+
+`LuneTrainer`'s own checks, `ForgetRetainCallback` and `lune-hf eval` all call it, so a number means the same
+everywhere. For each named set it generates greedy answers and scores the gold answers (teacher forcing),
+then computes the metrics with the `evaluate` modules of `lune_hf.metrics`; results are keyed `<set>/<metric>`
+(`forget/recalled`, `retain/rouge_l`, ...).
+
+Under several processes each rank evaluates a shard of the rows; the per-row results are gathered in order and
+every rank computes the same metrics, so the numbers equal a single-process run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from datasets import Dataset
+
+from . import metrics as lune_metrics
+from .data import completion_ids, is_tokenized, split_row, split_tokenized, validate_columns
+from .evaluation import generate_answers, score_answers
+
+GENERATION_METRICS = ("recalled", "exact_match", "contains", "rouge_l")
+SCORING_METRICS = ("probability",)
+METRICS = GENERATION_METRICS + SCORING_METRICS
+DEFAULT_METRICS = ("recalled", "exact_match", "rouge_l", "probability")
+# The `evaluate` module that computes each metric.
+_MODULE_OF = {"recalled": "rouge_l", "rouge_l": "rouge_l", "exact_match": "exact_match",
+              "contains": "exact_match", "probability": "probability"}
+MAX_AUTO_NEW_TOKENS = 64
+
+
+def answer_text(completion: Any) -> str:
+    """The gold answer of a row as plain text (conversational completions: the assistant message(s))."""
+    if isinstance(completion, list):
+        return " ".join(m["content"] for m in completion)
+    return str(completion)
+
+
+def spread_rows(rows: Dataset, max_rows: int | None) -> Dataset:
+    """At most `max_rows` rows, evenly spaced over the set (so every part of a sorted set is represented)."""
+    n = len(rows)
+    if max_rows is None or n <= max_rows:
+        return rows
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}.")
+    return rows.select(sorted({round(i * (n - 1) / max(max_rows - 1, 1)) for i in range(max_rows)}))
+
+
+def _prompt_and_answer(row: dict[str, Any], tokenizer) -> tuple[Any, Any]:
+    """(prompt, answer) of a row in any format; tokenised rows are decoded back to text."""
+    if is_tokenized(row):
+        head, tail = split_tokenized(row, "row")
+        return tokenizer.decode(head), tokenizer.decode(tail, skip_special_tokens=True)
+    return split_row(row)
+
+
+class Evaluator:
+    """Forget / retain metrics of a model on named sets of rows.
+
+    Args:
+        sets: named sets, e.g. `{"forget": ..., "retain": ...}`; rows in any format `LuneTrainer` takes.
+        tokenizer: the model's tokenizer (may be given later with `bind_tokenizer`).
+        metrics: any of `recalled` (share of answers the model still gives: ROUGE-L recall >= 0.5),
+            `exact_match`, `contains`, `rouge_l`, `probability`.
+        max_rows: evaluate at most this many rows of each set, evenly spaced over it.
+        max_new_tokens: length of the greedy answers; `None` = the longest gold answer of the set plus 4
+            tokens, at most 64 (enough for `recalled`, cheap during training).
+        batch_size: rows per forward pass.
+        progress: show progress bars.
+
+    Example:
+        >>> evaluator = Evaluator({"forget": forget_rows, "retain": retain_rows}, tokenizer)  # doctest: +SKIP
+        >>> evaluator.evaluate(model)  # doctest: +SKIP
+        {'forget/recalled': 0.05, 'forget/exact_match': 0.0, ..., 'retain/probability': 0.93}
+    """
+
+    def __init__(
+        self,
+        sets: Mapping[str, Dataset],
+        tokenizer=None,
+        *,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        max_rows: int | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> None:
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"Unknown metrics {unknown}; choose from {list(METRICS)}.")
+        if not sets:
+            raise ValueError("Give at least one set to evaluate.")
+        self.sets = {}
+        for name, rows in sets.items():
+            validate_columns(rows, name)
+            self.sets[name] = spread_rows(rows, max_rows)
+        self.metrics = tuple(metrics)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.progress = progress
+        self.tokenizer = tokenizer
+        self._modules = {m: lune_metrics.load(m, keep_in_memory=True) for m in {_MODULE_OF[m] for m in self.metrics}}
+        self._pairs: dict[str, tuple[list[Any], list[Any], int]] = {}
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = tokenizer
+
+    def _rows_of(self, name: str) -> tuple[list[Any], list[Any], int]:
+        """Prompts, answers and the greedy answer length of a set (computed once)."""
+        if name not in self._pairs:
+            pairs = [_prompt_and_answer(row, self.tokenizer) for row in self.sets[name]]
+            prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
+            new_tokens = self.max_new_tokens
+            if new_tokens is None:
+                longest = max(len(completion_ids(self.tokenizer, p, a)) for p, a in pairs)
+                new_tokens = min(longest + 4, MAX_AUTO_NEW_TOKENS)
+            self._pairs[name] = (prompts, answers, new_tokens)
+        return self._pairs[name]
+
+    def prepare(self) -> None:
+        """Tokenise the prompts and fix the answer lengths now (done once; `evaluate` calls it too)."""
+        if self.tokenizer is None:
+            raise ValueError("The Evaluator needs the model's tokenizer: pass `tokenizer=`.")
+        for name in self.sets:
+            self._rows_of(name)
+
+    def evaluate(self, model) -> dict[str, float]:
+        """`<set>/<metric>` for every set and metric; identical on every process."""
+        self.prepare()
+        state = PartialState()
+        results: dict[str, float] = {}
+        for name in self.sets:
+            prompts, answers, new_tokens = self._rows_of(name)
+            with state.split_between_processes(list(range(len(prompts)))) as shard:
+                local = self._evaluate_rows(model, [prompts[i] for i in shard], [answers[i] for i in shard],
+                                            new_tokens)
+            gathered = gather_object(local) if state.num_processes > 1 else local
+            results |= {f"{name}/{k}": v for k, v in self.compute(gathered, answers).items()}
+        return results
+
+    def _evaluate_rows(self, model, prompts: list[Any], answers: list[Any], new_tokens: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = [{} for _ in prompts]
+        if not prompts:
+            return rows
+        if any(m in GENERATION_METRICS for m in self.metrics):
+            generated = generate_answers(model, self.tokenizer, prompts, max_new_tokens=new_tokens,
+                                         batch_size=self.batch_size, progress=self.progress)
+            for row, text in zip(rows, generated, strict=True):
+                row["prediction"] = text
+        if "probability" in self.metrics:
+            logprobs = score_answers(model, self.tokenizer, prompts, answers, batch_size=self.batch_size,
+                                     progress=self.progress)
+            for row, lp in zip(rows, logprobs, strict=True):
+                row["token_logprobs"] = lp
+        return rows
+
+    def compute(self, rows: list[dict[str, Any]], answers: Sequence[Any]) -> dict[str, float]:
+        """Metrics from per-row predictions / log-probabilities (pure: no model involved)."""
+        references = [answer_text(a).strip() for a in answers]
+        predictions = [r.get("prediction", "") for r in rows]
+        out: dict[str, float] = {}
+        if "exact_match" in self._modules:
+            scores = self._modules["exact_match"].compute(predictions=predictions, references=references)
+            out |= {k: float(scores[k]) for k in ("exact_match", "contains") if k in self.metrics}
+        if "rouge_l" in self._modules:
+            scores = self._modules["rouge_l"].compute(predictions=predictions, references=references)
+            out |= {k: float(scores[k]) for k in ("recalled", "rouge_l") if k in self.metrics}
+        if "probability" in self._modules:
+            scores = self._modules["probability"].compute(token_logprobs=[r["token_logprobs"] for r in rows])
+            out["probability"] = float(scores["probability"])
+        return {m: out[m] for m in self.metrics}
