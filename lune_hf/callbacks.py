@@ -61,7 +61,7 @@ class ForgetRetainCallback(TrainerCallback):
         max_overhead: with `eval_steps=None`, the largest share of training time the checks may take.
         boost_stalled_lr: multiply the learning rate by `lr_boost_factor` (up to `max_lr_scale` times the
             configured one) when a check finds the forget set stalled: the watched metric still at its initial
-            value and the forget answers' probability not halved since the previous check.
+            value and the forget answers' probability lower, but not halved, since the previous check.
         lr_boost_factor: see `boost_stalled_lr`.
         max_lr_scale: the cap of `boost_stalled_lr`.
         trainer: the Trainer to log through (`LuneTrainer` binds itself; for a plain `Trainer` pass it or
@@ -182,10 +182,11 @@ class ForgetRetainCallback(TrainerCallback):
     def _boost_if_stalled(self, previous: dict[str, float], results: dict[str, float], lr_scheduler,
                           step: int) -> None:
         """Raise the learning rate while the watched forget metric has not moved from its initial value and the
-        forget answers' probability did not halve since the previous check."""
+        forget answers' probability fell, but by less than half, since the previous check."""
         before, now = previous.get("forget/probability"), results.get("forget/probability")
         factor = min(self.lr_boost_factor, self.max_lr_scale / self.lr_scale)
-        if before is None or now is None or now < 0.5 * before or factor <= 1.0:
+        # moving fast (halved) or swinging back up (the rate is already high enough to overshoot): no boost
+        if before is None or now is None or now < 0.5 * before or now > before or factor <= 1.0:
             return
         key = f"forget/{self.stop_metric}"
         if key in results and results[key] < self._initial.get(key, 0.0) - 1e-9:  # it has moved: the rate works

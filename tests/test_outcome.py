@@ -120,7 +120,7 @@ def test_memorised_facts_are_forgotten_and_the_rest_kept(memorised, memorised_co
 def test_retain_collapse_stops_and_restores_the_best_adapter(memorised, memorised_copy, tmp_path):
     facts = memorised.facts
     trainer = LuneTrainer(memorised_copy, _defaults(tmp_path, objective="ga", learning_rate=0.05, max_steps=40,
-                                                    forget_eval_steps=2, boost_stalled_lr=False),
+                                                    forget_eval_steps=2),
                           train_dataset=rows(facts[:12]), retain_dataset=rows(facts[12:60]),
                           processing_class=memorised.tokenizer)
     best_weights = {}
@@ -169,7 +169,8 @@ def test_checks_off_give_no_verdict(tiny, tiny_model, tmp_path):
 def test_a_stalled_forget_set_raises_the_learning_rate(memorised, memorised_copy, tmp_path):
     facts = memorised.facts
     trainer = LuneTrainer(memorised_copy, _defaults(tmp_path, learning_rate=1e-6, max_steps=4, forget_eval_steps=2,
-                                                    lr_scheduler_type="constant", warmup_steps=0),
+                                                    lr_scheduler_type="constant", warmup_steps=0,
+                                                    boost_stalled_lr=True),
                           train_dataset=rows(facts[:8]), processing_class=memorised.tokenizer)
     trainer.train()
     # nothing moves at 1e-6: x4 at the check of step 4 (step 2 compared with step 0 already stalled)
