@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tofu import _parse_value as parse_value  # benchmarks/tofu.py: "1e-3" -> 0.001, "false" -> False
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "defaults.json"
 # Prompts whose greedy continuation names the expected word, for the pretrained model (general knowledge).
@@ -42,17 +44,6 @@ GENERAL = [
     ("The largest planet in the solar system is", "jupiter"),
     ("The opposite of hot is", "cold"),
 ]
-
-
-def parse_value(text: str) -> Any:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def facts_model(cache: Path, n_facts: int, seed: int):

@@ -53,7 +53,7 @@ def _prompt_and_answer(row: dict[str, Any], tokenizer) -> tuple[Any, Any]:
     """(prompt, answer) of a row in any format; tokenised rows are decoded back to text."""
     if is_tokenized(row):
         head, tail = split_tokenized(row, "row")
-        return tokenizer.decode(head), tokenizer.decode(tail, skip_special_tokens=True)
+        return tokenizer.decode(head, skip_special_tokens=True), tokenizer.decode(tail, skip_special_tokens=True)
     return split_row(row)
 
 

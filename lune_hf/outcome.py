@@ -137,7 +137,10 @@ def advice(
 
 @dataclass
 class Outcome:
-    """The evidence of one run: forget / retain before and after, the steps used, why it stopped, the verdict."""
+    """The evidence of one run: forget / retain before and after, the steps used, why it stopped, the verdict.
+
+    `steps` counts the optimizer steps behind the adapter kept (the best check's); `trained_steps` those run.
+    """
 
     verdict: Verdict
     target: ForgetTarget
@@ -149,6 +152,8 @@ class Outcome:
     retain_ok: bool = True
     restored_step: int | None = None
     hint: str | None = None
+    trained_steps: int | None = None
+    rows: dict[str, int] | None = None
 
     def forget_value(self, which: str) -> float | None:
         return getattr(self, which).get(self.target.key)
@@ -160,7 +165,8 @@ class Outcome:
         for key in keys:
             after = self.after.get(key)
             lines.append(f"{key:<24}{self.before[key]:>9.3f}{after if after is None else format(after, '9.3f'):>9}")
-        lines.append(f"steps used: {self.steps}; stopped: {self.stop_reason}")
+        trained = f" (trained {self.trained_steps})" if self.trained_steps not in (None, self.steps) else ""
+        lines.append(f"steps of the kept adapter: {self.steps}{trained}; stopped: {self.stop_reason}")
         if self.restored_step is not None:
             lines.append(f"adapter kept: the one of step {self.restored_step} (best forget with retain above floor)")
         lines.append(f"verdict: {self.verdict.text.upper()} (target {self.target.key} <= {self.target.threshold:g})")
@@ -183,6 +189,8 @@ class Outcome:
             "retain_ok": self.retain_ok,
             "restored_step": self.restored_step,
             "hint": self.hint,
+            "trained_steps": self.trained_steps,
+            "rows": self.rows,
         }
 
     def train_metrics(self) -> dict[str, Any]:

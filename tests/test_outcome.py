@@ -78,6 +78,7 @@ def test_a_forget_set_the_model_never_knew_stops_at_the_first_check(tiny, tiny_m
     output = trainer.train()
     # the Trainer honours a stop after the step in flight: one step ran, and its change was undone
     assert trainer.state.global_step <= 1 and trainer.outcome.restored_step in (None, 0)
+    assert trainer.outcome.steps == 0 and output.metrics["unlearning_steps"] == 0
     now = trainable_state(trainer.model)
     assert all(torch.equal(now[k], v) for k, v in initial.items())
     assert trainer.outcome.verdict is Verdict.FORGOTTEN
@@ -227,3 +228,20 @@ def test_retain_rows_without_a_retain_set_are_not_watched(tiny, tiny_model, tmp_
                           processing_class=tok)
     assert trainer.forget_check.retain_floor is None
     assert set(trainer.forget_check.sets) == {"forget"}
+
+
+def test_checks_measure_tokenised_rows_like_text_rows(memorised):
+    """Rows an ordinary Trainer script tokenised itself are measured on their decoded prompt and answer."""
+    tok = memorised.tokenizer
+    facts = memorised.facts[:6]
+    tokenised = []
+    for f in facts:
+        prompt = tok(f.prompt)["input_ids"]
+        answer = tok(f.completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        tokenised.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
+    from datasets import Dataset
+
+    as_ids = Evaluator({"forget": Dataset.from_list(tokenised)}, tok).evaluate(memorised.model)
+    as_text = Evaluator({"forget": rows(facts)}, tok).evaluate(memorised.model)
+    assert as_ids == pytest.approx(as_text)
+    assert as_text["forget/recalled"] == 1.0
