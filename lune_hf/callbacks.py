@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_METRICS", "GENERATION_METRICS", "SCORING_METRICS", "ForgetRetainCallback"]
 
+RECOVERED = 0.95  # retain at this share of its start counts as recovered after the forget target is met
+
 
 class ForgetRetainCallback(TrainerCallback):
     """Evaluate forget / retain sets during training; stop once forgotten or when retain collapses.
@@ -54,6 +56,8 @@ class ForgetRetainCallback(TrainerCallback):
             below it never count as the best, and `retain_patience` of them in a row stop training.
         retain_patience: consecutive checks below the retain floor after which training stops (retain often
             recovers within a check or two, pulled back by the retain term).
+        consolidation_checks: when the forget target is met while retain is below 95% of its start, train on for
+            up to this many more checks to let retain recover (0: stop at once).
         restore_best: at the end, put back the adapter of the best check (lowest forget value among those that
             held retain above the floor) if the final one is not it.
         max_rows: evaluate at most this many rows of each set (evenly spaced).
@@ -82,11 +86,12 @@ class ForgetRetainCallback(TrainerCallback):
         stop_when_forgotten: bool = True,
         retain_floor: float | None = None,
         retain_patience: int = 3,
+        consolidation_checks: int = 2,
         restore_best: bool = True,
         max_rows: int | None = 200,
         max_new_tokens: int | None = None,
         batch_size: int = 32,
-        max_overhead: float = 0.15,
+        max_overhead: float = 0.10,
         boost_stalled_lr: bool = False,
         lr_boost_factor: float = 4.0,
         max_lr_scale: float = 16.0,
@@ -117,6 +122,8 @@ class ForgetRetainCallback(TrainerCallback):
         self.stop_when_forgotten = stop_when_forgotten
         self.retain_floor = retain_floor
         self.retain_patience = retain_patience
+        self.consolidation_checks = consolidation_checks
+        self._consolidation_checks = 0
         self._checks_below_floor = 0
         self.restore_best = restore_best
         self.max_overhead = max_overhead
@@ -234,6 +241,16 @@ class ForgetRetainCallback(TrainerCallback):
             return
         self._checks_below_floor = 0
         if self.target is not None and self.stop_when_forgotten and self.target.met(results[self.target.key]):
+            initial = self._retain_value(self._initial)
+            if (retain is not None and initial and retain < RECOVERED * initial
+                    and self._consolidation_checks < self.consolidation_checks):
+                # Forgotten mid-transition: retain usually comes back within a check or two (the retain term pulls
+                # it up) while the forget answers stay gone; the best check is kept either way.
+                self._consolidation_checks += 1
+                logger.info("forget target met at step %d with retain at %.0f%% of its start: training on (%d/%d).",
+                            state.global_step, 100 * retain / initial, self._consolidation_checks,
+                            self.consolidation_checks)
+                return
             self.stop_reason = (
                 f"{self.target.key} reached {results[self.target.key]:.3f} (target {self.target.threshold:g}) "
                 f"at step {state.global_step}"

@@ -82,7 +82,7 @@ class LuneConfig(TrainingArguments):
     forget_eval_steps: int | None = field(
         default=None,
         metadata={"help": "Check forget / retain every N optimizer steps. Default (None): spaced automatically so "
-                  "the checks take at most 15% of the training time. 0: no checks (no verdict, no stop on the "
+                  "each check costs at most 10% of the training time since the previous one. 0: no checks (no verdict, no stop on the "
                   "outcome; publishing then needs `allow_unverified`)."},
     )
     boost_stalled_lr: bool = field(
