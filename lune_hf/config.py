@@ -82,8 +82,8 @@ class LuneConfig(TrainingArguments):
     forget_eval_steps: int | None = field(
         default=None,
         metadata={"help": "Check forget / retain every N optimizer steps. Default (None): spaced automatically so "
-                  "each check costs at most 10% of the training time since the previous one. 0: no checks (no verdict, no stop on the "
-                  "outcome; publishing then needs `allow_unverified`)."},
+                  "each check costs at most 10% of the training time since the previous one. 0: no checks (no "
+                  "verdict, no stop on the outcome; publishing then needs `allow_unverified`)."},
     )
     boost_stalled_lr: bool = field(
         default=False,
