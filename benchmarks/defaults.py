@@ -195,8 +195,8 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
         "time. Written by `benchmarks/defaults.py`. TOFU rows: see the TOFU section below.",
         "",
         "| model | overrides | verdict | steps | forget before -> after | retain before -> after | general | wall s "
-        "| check share | lr x |",
-        "| --- | --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: |",
+        "| check share | lr x | note |",
+        "| --- | --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         general = "-" if r["general_before"] is None else f"{r['general_before']:.2f} -> {r['general_after']:.2f}"
@@ -206,19 +206,20 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
             f"| {r['kind']} | {json.dumps(r['overrides']) if r['overrides'] else 'defaults'} | {r['verdict']} | "
             f"{r['steps']} | {r['forget_recalled_before']:.2f} -> {r['forget_recalled_after']:.2f} | "
             f"{r['retain_recalled_before']:.2f} -> {r['retain_recalled_after']:.2f} | {general} | {r['wall_s']} | "
-            f"{r['check_share']} | {r['lr_scale']:g} |"
+            f"{r['check_share']} | {r['lr_scale']:g} | {r.get('note', '')} |"
         )
     tofu = [r for r in rows if r["kind"] == "tofu"]
     if tofu:
         lines += ["", "## TOFU forget01 (cpu setup of benchmarks/tofu.py)", "",
                   "| overrides | verdict | steps | forget ROUGE-L (retain model / finetuned) | forget quality | "
-                  "model utility / finetuned | wall s |", "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+                  "model utility / finetuned | wall s | note |",
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
         for r in tofu:
             lines.append(
                 f"| {json.dumps(r['overrides']) if r['overrides'] else 'defaults'} | {r['verdict']} | {r['steps']} | "
                 f"{r['forget_rouge_after']:.3f} ({r['retain_model_forget_rouge']:.3f} / "
                 f"{r['finetuned_forget_rouge']:.3f}) | {r['forget_quality']:.3f} | "
-                f"{r['model_utility_over_finetuned']:.1%} | {r['wall_s']} |"
+                f"{r['model_utility_over_finetuned']:.1%} | {r['wall_s']} | {r.get('note', '')} |"
             )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
