@@ -193,7 +193,7 @@ class ForgetRetainCallback(TrainerCallback):
         before, now = previous.get("forget/probability"), results.get("forget/probability")
         factor = min(self.lr_boost_factor, self.max_lr_scale / self.lr_scale)
         # moving fast (halved) or swinging back up (the rate is already high enough to overshoot): no boost
-        if before is None or now is None or now < 0.5 * before or now > before or factor <= 1.0:
+        if before is None or now is None or now < 0.5 * before or now > 1.01 * before or factor <= 1.0:
             return
         key = f"forget/{self.stop_metric}"
         if key in results and results[key] < self._initial.get(key, 0.0) - 1e-9:  # it has moved: the rate works

@@ -182,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         forget, retain, extra_sets={"odd": retain.select(range(ODD_ROWS))}, eval_steps=EVAL_STEPS,
         metrics=("exact_match", "rouge_l", "probability"), stop_metric="exact_match", forget_target=0.0,
         max_new_tokens=8,
+        # stop exactly where the target is met: the retain-recovery rule compares retain with 95% of its start,
+        # which float differences between 1 and 2 processes can put on either side
+        consolidation_checks=0,
     )
     trainer = trainer_for("lune", collator, [callback])
     trainer.train()
