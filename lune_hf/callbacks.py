@@ -147,7 +147,6 @@ class ForgetRetainCallback(TrainerCallback):
         self._last_check_end = 0.0
         self._target_met_at: int | None = None
         self._last_check_seconds = 0.0
-        self._train_start = 0.0
 
     @property
     def sets(self) -> dict[str, Dataset]:
@@ -189,7 +188,7 @@ class ForgetRetainCallback(TrainerCallback):
     def _boost_if_stalled(self, previous: dict[str, float], results: dict[str, float], lr_scheduler,
                           step: int) -> None:
         """Raise the learning rate while the watched forget metric has not moved from its initial value and the
-        forget answers' probability fell, but by less than half, since the previous check."""
+        forget answers' probability, since the previous check, neither halved nor rose (by more than 1%)."""
         before, now = previous.get("forget/probability"), results.get("forget/probability")
         factor = min(self.lr_boost_factor, self.max_lr_scale / self.lr_scale)
         # moving fast (halved) or swinging back up (the rate is already high enough to overshoot): no boost
@@ -276,7 +275,6 @@ class ForgetRetainCallback(TrainerCallback):
         if self.evaluator.tokenizer is None:
             raise ValueError("ForgetRetainCallback needs a tokenizer: pass `tokenizer=` or bind a Trainer.")
         self.evaluator.prepare()  # one-off work, kept out of the timing that spaces the checks
-        self._train_start = time.perf_counter()
         self._run(state, control, model)
 
     def on_step_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
