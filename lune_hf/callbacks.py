@@ -112,11 +112,12 @@ class ForgetRetainCallback(TrainerCallback):
             raise ValueError(f"retain_floor is a fraction of the initial retain value in [0, 1], got {retain_floor}.")
         if eval_steps is not None and eval_steps < 1:
             raise ValueError(f"eval_steps must be at least 1 (or None for automatic), got {eval_steps}.")
+        if boost_stalled_lr and "probability" not in metrics:
+            raise ValueError("boost_stalled_lr watches forget/probability: add 'probability' to the metrics.")
         sets = {"forget": forget_dataset, **({"retain": retain_dataset} if retain_dataset is not None else {})}
         self.evaluator = Evaluator({**sets, **(extra_sets or {})}, tokenizer, metrics=metrics, max_rows=max_rows,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         self.eval_steps = eval_steps
-        self.metrics = tuple(metrics)
         self.stop_metric = stop_metric
         self.target = target
         self.stop_when_forgotten = stop_when_forgotten
@@ -131,8 +132,6 @@ class ForgetRetainCallback(TrainerCallback):
         self.max_lr_scale = max_lr_scale
         self.lr_boost_factor = lr_boost_factor
         self.lr_scale = 1.0
-        if boost_stalled_lr and "probability" not in self.metrics:
-            raise ValueError("boost_stalled_lr watches forget/probability: add 'probability' to the metrics.")
         self.trainer = trainer
         self.history: list[dict[str, float]] = []
         self.stop_reason: str | None = None
@@ -151,6 +150,10 @@ class ForgetRetainCallback(TrainerCallback):
     @property
     def sets(self) -> dict[str, Dataset]:
         return self.evaluator.sets
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.evaluator.metrics
 
     def bind(self, trainer) -> None:
         """Log through this Trainer (its `log` reaches every `report_to` integration)."""

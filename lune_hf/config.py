@@ -90,9 +90,9 @@ class LuneConfig(TrainingArguments):
         metadata={"help": "When a check finds the forget set stalled (the `forget_target` metric still at its value "
                   "before training and the forget answers' probability lower, but not halved, since the previous "
                   "check), multiply the learning rate by 4 (at most 16 times the configured one). Off by default: "
-                  "pretrained models forget at the "
-                  "default rate, and a model whose answers move late (small models trained from scratch at a high "
-                  "rate) is pushed into collapse by it (benchmarks/results/defaults.md)."},
+                  "pretrained models forget at the default rate, and a model whose answers move late (small models "
+                  "trained from scratch at a high rate) is pushed into collapse by it "
+                  "(benchmarks/results/defaults.md)."},
     )
     forget_eval_max_rows: int = field(
         default=32,
