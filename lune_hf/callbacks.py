@@ -26,6 +26,7 @@ from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from transformers import TrainerCallback
 
+from .data import DEFAULT_TEXT_PREFIX_TOKENS
 from .evaluator import DEFAULT_METRICS, GENERATION_METRICS, SCORING_METRICS, Evaluator
 from .outcome import ForgetTarget, Outcome, above_floor, advice, is_better, judge, retain_floor_value
 from .snapshot import load_trainable_state, trainable_state
@@ -41,7 +42,8 @@ class ForgetRetainCallback(TrainerCallback):
     """Evaluate forget / retain sets during training; stop once forgotten or when retain collapses.
 
     Args:
-        forget_dataset: rows whose answers must disappear (`prompt` / `completion`, `messages`, or tokenised).
+        forget_dataset: rows whose answers must disappear (`prompt` / `completion`, `messages`, raw `text` or
+            tokenised; a raw text is measured on how much of its continuation the model still reproduces).
         retain_dataset: rows whose answers must survive.
         extra_sets: further named sets, e.g. `{"paraphrased_forget": ..., "neighbour": ...}`.
         tokenizer: the model's tokenizer (taken from the Trainer when bound).
@@ -68,6 +70,7 @@ class ForgetRetainCallback(TrainerCallback):
             value and the forget answers' probability lower, but not halved, since the previous check.
         lr_boost_factor: see `boost_stalled_lr`.
         max_lr_scale: the cap of `boost_stalled_lr`.
+        text_prefix_tokens: raw-text rows: tokens of the text given as the prompt.
         trainer: the Trainer to log through (`LuneTrainer` binds itself; for a plain `Trainer` pass it or
             call `callback.bind(trainer)`).
     """
@@ -96,6 +99,7 @@ class ForgetRetainCallback(TrainerCallback):
         lr_boost_factor: float = 4.0,
         max_lr_scale: float = 16.0,
         progress: bool = False,
+        text_prefix_tokens: int = DEFAULT_TEXT_PREFIX_TOKENS,
         trainer=None,
     ) -> None:
         if forget_target is not None:
@@ -116,7 +120,8 @@ class ForgetRetainCallback(TrainerCallback):
             raise ValueError("boost_stalled_lr watches forget/probability: add 'probability' to the metrics.")
         sets = {"forget": forget_dataset, **({"retain": retain_dataset} if retain_dataset is not None else {})}
         self.evaluator = Evaluator({**sets, **(extra_sets or {})}, tokenizer, metrics=metrics, max_rows=max_rows,
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                                   text_prefix_tokens=text_prefix_tokens)
         self.eval_steps = eval_steps
         self.stop_metric = stop_metric
         self.target = target

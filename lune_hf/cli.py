@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+# Errors that mean "your input or setup is wrong" (with `lune_hf.hub.PublishError`): the command prints the message
+# and exits 2 (set LUNE_HF_DEBUG=1 for the traceback). Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
+
+
 @dataclass
 class TrainScriptArguments:
     """What `lune-hf train` needs beside the `LuneConfig` fields."""
@@ -32,7 +37,7 @@ class TrainScriptArguments:
 def _rename_columns(rows, prompt_column: str, completion_column: str, source: str):
     mapping = {prompt_column: "prompt", completion_column: "completion"}
     for column in mapping:
-        if column not in rows.column_names and "messages" not in rows.column_names:
+        if column not in rows.column_names and not {"messages", "text", "input_ids"} & set(rows.column_names):
             raise ValueError(f"{source}: no column {column!r}; columns present: {rows.column_names}.")
     return rows.rename_columns({k: v for k, v in mapping.items() if k != v and k in rows.column_names})
 
@@ -89,7 +94,7 @@ def _endpoint_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_publish(argv: Sequence[str]) -> int:
-    from .hub import PublishError, publish
+    from .hub import publish
 
     parser = argparse.ArgumentParser(prog="lune-hf publish", description="Push an unlearning adapter and its "
                                      "model card to the Hub, in one commit.")
@@ -115,15 +120,11 @@ def cmd_publish(argv: Sequence[str]) -> int:
         from .data import load_rows
 
         forget_texts = [str(v) for row in load_rows(args.forget_data) for v in row.values() if v]
-    try:
-        commit = publish(args.output_dir, args.repo_id, base_model=args.base_model, token=args.token,
-                         private=args.private, revision=args.revision, create_pr=args.create_pr,
-                         commit_message=args.commit_message, endpoint=args.endpoint, summary=args.summary,
-                         license=args.license, datasets=args.dataset, include_tokenizer=args.include_tokenizer,
-                         forget_texts=forget_texts, allow_unverified=args.allow_unverified)
-    except PublishError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    commit = publish(args.output_dir, args.repo_id, base_model=args.base_model, token=args.token,
+                     private=args.private, revision=args.revision, create_pr=args.create_pr,
+                     commit_message=args.commit_message, endpoint=args.endpoint, summary=args.summary,
+                     license=args.license, datasets=args.dataset, include_tokenizer=args.include_tokenizer,
+                     forget_texts=forget_texts, allow_unverified=args.allow_unverified)
     print(f"Published: {commit.pr_url or commit.commit_url}")
     return 0
 
@@ -200,6 +201,9 @@ def cmd_eval(argv: Sequence[str]) -> int:
     _endpoint_args(parser)
     args = parser.parse_args(argv)
 
+    # the data first: a bad file is reported before any model loads
+    sets = {name: _rename_columns(load_rows(src), args.prompt_column, args.completion_column, src)
+            for name, src in (("forget", args.forget), ("retain", args.retain)) if src}
     if args.adapter:
         from .hub import load_unlearned
 
@@ -212,8 +216,6 @@ def cmd_eval(argv: Sequence[str]) -> int:
     from .data import ensure_pad_token
 
     ensure_pad_token(tokenizer)
-    sets = {name: _rename_columns(load_rows(src), args.prompt_column, args.completion_column, src)
-            for name, src in (("forget", args.forget), ("retain", args.retain)) if src}
     evaluator = Evaluator(sets, tokenizer, metrics=args.metrics, max_rows=args.max_rows,
                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
     results = evaluator.evaluate(model)
@@ -248,7 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     command, _ = COMMANDS[argv[0]]
-    return command(argv[1:])
+    try:
+        return command(argv[1:])
+    except Exception as err:
+        from .hub import PublishError  # imported here: `lune-hf --help` stays fast
+
+        if not isinstance(err, (*EXPECTED_ERRORS, PublishError)) or os.environ.get("LUNE_HF_DEBUG"):
+            raise
+        print(f"lune-hf {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

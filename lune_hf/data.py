@@ -6,7 +6,12 @@ Rows follow TRL's conventions:
 * conversational: ``{"prompt": [messages], "completion": [messages]}`` or ``{"messages": [messages]}`` (the
   last assistant message is the completion), rendered with the tokenizer's chat template;
 * already tokenised: ``{"input_ids": [...], "labels": [...]}`` with the prompt labelled -100, as an ordinary
-  `Trainer` script prepares them (the prompt is the part before the first label).
+  `Trainer` script prepares them (the prompt is the part before the first label); without ``labels`` every non-pad
+  token is an answer token, as `DataCollatorForLanguageModeling` would label them;
+* raw text: ``{"text": str}`` (a passage or document). Tokenised rows without a prompt part (run_clm style:
+  ``labels == input_ids``) are raw text too. To forget one, its first tokens become the prompt and the rest the
+  continuation to forget (MUSE's verbatim setup, `split_text`); objectives that need only the original text train
+  on all of it, and a retain text is trained on whole.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def load_rows(source: str | Path, split: str = "train") -> Dataset:
         if kind is None:
             raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(_DATA_EXTENSIONS)}.")
         return load_dataset(kind, data_files=str(path), split="train")
+    if path.suffix.lower() in _DATA_EXTENSIONS:
+        raise FileNotFoundError(f"{path}: no such file (a data file, or a Hub dataset id without an extension).")
     return load_dataset(str(source), split=split)
 
 
@@ -61,22 +68,41 @@ def is_conversational(row: dict[str, Any]) -> bool:
     return "messages" in row or isinstance(row.get("prompt"), list)
 
 
-def is_tokenized(columns) -> bool:
-    return "input_ids" in columns and "labels" in columns and "prompt" not in columns
+ROW_FORMATS = ("`prompt` + `completion`, conversational `messages`, raw `text`, or tokenised `input_ids` "
+               "(with or without `labels`)")
+DEFAULT_TEXT_PREFIX_TOKENS = 32
+# Raw-text rows are evaluated on at most this many tokens of their continuation (what one greedy answer covers).
+TEXT_EVAL_TOKENS = 64
 
 
-def validate_columns(dataset: Dataset, name: str, tokenized_ok: bool = True) -> None:
+def row_format(columns) -> str | None:
+    """The format of rows with these columns: `prompt`, `messages`, `tokenised`, `text`, or None."""
+    columns = set(columns)
+    if "prompt" in columns or "completion" in columns:
+        return "prompt"
+    if "messages" in columns:
+        return "messages"
+    if "input_ids" in columns:
+        return "tokenised"
+    if "text" in columns:
+        return "text"
+    return None
+
+
+def validate_columns(dataset: Dataset, name: str) -> None:
     """Fail early, naming the missing column and the ones present."""
     if dataset is None or len(dataset) == 0:
-        raise ValueError(f"The {name} set is empty: give at least one row with `prompt` and `completion`.")
+        raise ValueError(f"The {name} set is empty: give at least one row ({ROW_FORMATS}).")
     columns = set(dataset.column_names)
-    if "messages" in columns or (tokenized_ok and is_tokenized(columns)):
-        return
-    missing = [c for c in ("prompt", "completion") if c not in columns]
+    kind = row_format(columns)
+    if kind is None:
+        raise ValueError(f"The {name} set has none of the columns lune-hf reads; columns present: {sorted(columns)}. "
+                         f"Rows need {ROW_FORMATS}.")
+    missing = [c for c in ("prompt", "completion") if kind == "prompt" and c not in columns]
     if missing:
         raise ValueError(
             f"The {name} set has no column {', '.join(repr(m) for m in missing)}; columns present: "
-            f"{sorted(columns)}. Rows need `prompt` and `completion` (or conversational `messages`)."
+            f"{sorted(columns)}. Rows need {ROW_FORMATS}."
         )
 
 
@@ -128,14 +154,67 @@ def completion_ids(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: 
 
 
 def split_tokenized(row: dict[str, Any], where: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids) of a tokenised row: the prompt is everything before the first label."""
-    ids, labels = list(row["input_ids"]), list(row["labels"])
+    """(prompt ids, answer ids) of a tokenised row: the prompt is everything before the first label, the answer runs
+    to the last label (trailing padding dropped). Without `labels`, every token the attention mask keeps is answer."""
+    ids = list(row["input_ids"])
+    mask = row.get("attention_mask")
+    labels = row.get("labels")
+    if labels is None:
+        return [], [t for t, m in zip(ids, mask or [1] * len(ids), strict=False) if m]
+    labels = list(labels)
     if len(ids) != len(labels):
         raise ValueError(f"{where}: input_ids has {len(ids)} tokens but labels {len(labels)}.")
-    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
-    if start is None:
+    kept = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    if not kept:
         raise ValueError(f"{where}: every label is -100, so the row has no answer to train on.")
-    return ids[:start], ids[start:]
+    return ids[: kept[0]], ids[kept[0]: kept[-1] + 1]
+
+
+def split_text(ids: list[int], prefix_tokens: int, where: str) -> tuple[list[int], list[int]]:
+    """A raw text's prompt (its first `prefix_tokens` tokens, at most half of it) and its continuation."""
+    if len(ids) < 2:
+        raise ValueError(f"{where}: the text has {len(ids)} token(s); it needs at least 2 (a prompt and a "
+                         "continuation).")
+    cut = max(1, min(prefix_tokens, len(ids) // 2))
+    return ids[:cut], ids[cut:]
+
+
+@dataclass
+class RowParts:
+    """One row as token ids: `prompt` (text or messages; "" for tokenised and raw-text rows), `head` (prompt ids),
+    `tail` (answer ids) and `text` (True for raw text: `head` is then its first tokens, `tail` the continuation)."""
+
+    prompt: Any
+    head: list[int]
+    tail: list[int]
+    text: bool = False
+
+    @property
+    def full(self) -> list[int]:
+        return self.head + self.tail
+
+
+def row_parts(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, where: str,
+              prefix_tokens: int = DEFAULT_TEXT_PREFIX_TOKENS) -> RowParts:
+    """Token ids of a row in any supported format (the one place that reads the formats)."""
+    kind = row_format(row)
+    if kind in ("prompt", "messages"):
+        prompt, completion = split_row(row)
+        for column, value in (("prompt", prompt), ("completion", completion)):
+            if not isinstance(value, (str, list)):
+                raise ValueError(f"{where}: `{column}` is {type(value).__name__} {value!r}; it must be text (or a "
+                                 "list of chat messages).")
+        return RowParts(prompt, prompt_ids(tokenizer, prompt), completion_ids(tokenizer, prompt, completion))
+    if kind == "tokenised":
+        head, tail = split_tokenized(row, where)
+        if head:
+            return RowParts("", head, tail)
+        ids = tail
+    else:
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise ValueError(f"{where}: `text` is {row.get('text')!r}; it must be non-empty text.")
+        ids = list(tokenizer(row["text"])["input_ids"])
+    return RowParts("", *split_text(ids, prefix_tokens, where), text=True)
 
 
 def tokenize_example(
@@ -213,42 +292,52 @@ def build_unlearning_dataset(
     replacement_column: str | None = "replacement",
     retain: Dataset | None = None,
     seed: int = 0,
+    text_prefix_tokens: int = DEFAULT_TEXT_PREFIX_TOKENS,
+    forget_name: str = "forget",
 ) -> UnlearningDataset:
-    """Tokenise the forget set (true answer and/or replacement) and the retain set, prompt tokens masked."""
-    validate_columns(forget, "forget")
+    """Tokenise the forget set (true answer and/or replacement) and the retain set, prompt tokens masked.
+
+    Raw-text forget rows train on their continuation after the first `text_prefix_tokens` tokens when a replacement
+    is trained on, on their whole text otherwise; raw-text retain rows on their whole text."""
+    validate_columns(forget, forget_name)
     if retain is not None:
         validate_columns(retain, "retain")
     use_column = replacement_column is not None and replacement_column in forget.column_names
 
-    def pair(row: dict[str, Any], where: str) -> tuple[Any, list[int], list[int]]:
-        """(prompt, prompt ids, answer ids) of a row in any supported format."""
-        if is_tokenized(row):
-            head, tail = split_tokenized(row, where)
-            return "", head, tail
-        prompt, completion = split_row(row)
-        return prompt, prompt_ids(tokenizer, prompt), completion_ids(tokenizer, prompt, completion)
-
     def forget_example(i: int, row: dict[str, Any]) -> dict[str, list[int]]:
-        where = f"forget row {i}"
-        prompt, head, tail = pair(row, where)
+        where = f"{forget_name} row {i}"
+        parts = row_parts(row, tokenizer, where, text_prefix_tokens)
         out: dict[str, list[int]] = {}
         if uses_answer:
+            head, tail = (parts.full[:1], parts.full[1:]) if parts.text and not uses_replacement else (parts.head,
+                                                                                                       parts.tail)
             out |= _prefixed(FORGET_PREFIX, pack_example(head, tail, max_length, where))
         if uses_replacement:
             replacement = (row.get(replacement_column) if use_column else None) or pick_refusal(refusals, i)
-            out |= _prefixed(REPLACEMENT_PREFIX, pack_example(head, completion_ids(tokenizer, prompt, replacement),
-                                                              max_length, f"{where} (replacement)"))
+            out |= _prefixed(REPLACEMENT_PREFIX, pack_example(
+                parts.head, completion_ids(tokenizer, parts.prompt, replacement), max_length,
+                f"{where} (replacement)"))
         return out
 
-    def retain_example(i: int, row: dict[str, Any]) -> dict[str, list[int]]:
-        _, head, tail = pair(row, f"retain row {i}")
-        return _prefixed(RETAIN_PREFIX, pack_example(head, tail, max_length, f"retain row {i}"))
-
     return UnlearningDataset(
-        _tokenize_rows(forget, "forget", forget_example),
-        _tokenize_rows(retain, "retain", retain_example) if retain is not None else None,
+        _tokenize_rows(forget, forget_name, forget_example),
+        tokenize_retain(retain, tokenizer, max_length) if retain is not None else None,
         seed,
     )
+
+
+def tokenize_retain(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                    name: str = "retain") -> list[dict[str, list[int]]]:
+    """`retain_input_ids` / `retain_labels` of each row (raw text: the whole text is the answer)."""
+    validate_columns(rows, name)
+
+    def example(i: int, row: dict[str, Any]) -> dict[str, list[int]]:
+        where = f"{name} row {i}"
+        parts = row_parts(row, tokenizer, where)
+        head, tail = (parts.full[:1], parts.full[1:]) if parts.text else (parts.head, parts.tail)
+        return _prefixed(RETAIN_PREFIX, pack_example(head, tail, max_length, where))
+
+    return _tokenize_rows(rows, name, example)
 
 
 def pad(sequences: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:

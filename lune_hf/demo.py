@@ -2,8 +2,7 @@
 
 1. build a 2-layer Llama and a word-level tokenizer from a config and memorise 200 invented facts;
 2. forget every tenth fact with `LuneTrainer` at its defaults (LUNE objective, refusal targets, retain NLL term,
-   checks that stop once the forget answers are gone), with the higher learning rate and budget that a 2-layer
-   model trained from scratch needs;
+   learning rate 1e-3, checks that stop once the forget answers are gone, a budget of at least 1000 steps);
 3. print the verdict, a before/after table and sample answers; save adapter, report and plot.
 """
 
@@ -44,11 +43,9 @@ def split_facts(facts: list[Fact], every: int = 10) -> tuple[list[Fact], list[Fa
 
 
 def demo_config(output_dir: str | Path, seed: int = 0, **overrides) -> LuneConfig:
-    """The demo's settings: the `LuneConfig` defaults, except what its from-scratch 2-layer model needs."""
+    """The demo's settings: the `LuneConfig` defaults; only logging, seed and device are set."""
     settings = dict(
         output_dir=str(output_dir),
-        learning_rate=1e-2,  # a model trained from scratch on 200 facts moves far slower than a pretrained one
-        num_train_epochs=100,
         logging_steps=25,
         seed=seed,
         use_cpu=not torch.cuda.is_available(),

@@ -19,7 +19,15 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 
 from . import metrics as lune_metrics
-from .data import completion_ids, is_tokenized, split_row, split_tokenized, validate_columns
+from .data import (
+    DEFAULT_TEXT_PREFIX_TOKENS,
+    TEXT_EVAL_TOKENS,
+    completion_ids,
+    row_format,
+    row_parts,
+    split_row,
+    validate_columns,
+)
 from .evaluation import generate_answers, score_answers
 
 GENERATION_METRICS = ("recalled", "exact_match", "contains", "rouge_l")
@@ -49,12 +57,16 @@ def spread_rows(rows: Dataset, max_rows: int | None) -> Dataset:
     return rows.select(sorted({round(i * (n - 1) / max(max_rows - 1, 1)) for i in range(max_rows)}))
 
 
-def _prompt_and_answer(row: dict[str, Any], tokenizer) -> tuple[Any, Any]:
-    """(prompt, answer) of a row in any format; tokenised rows are decoded back to text."""
-    if is_tokenized(row):
-        head, tail = split_tokenized(row, "row")
-        return tokenizer.decode(head, skip_special_tokens=True), tokenizer.decode(tail, skip_special_tokens=True)
-    return split_row(row)
+def prompt_and_answer(row: dict[str, Any], tokenizer, where: str = "row",
+                      prefix_tokens: int = DEFAULT_TEXT_PREFIX_TOKENS) -> tuple[Any, Any]:
+    """(prompt, answer) of a row in any format. Tokenised rows are decoded back to text; a raw text is its first
+    `prefix_tokens` tokens and the next `TEXT_EVAL_TOKENS` of its continuation, so ROUGE-L of the greedy answer
+    measures verbatim continuation (MUSE's verbatim metric)."""
+    if row_format(row) in ("prompt", "messages"):
+        return split_row(row)
+    parts = row_parts(row, tokenizer, where, prefix_tokens)
+    tail = parts.tail[:TEXT_EVAL_TOKENS] if parts.text else parts.tail
+    return tokenizer.decode(parts.head, skip_special_tokens=True), tokenizer.decode(tail, skip_special_tokens=True)
 
 
 class Evaluator:
@@ -70,6 +82,7 @@ class Evaluator:
             tokens, at most 64 (enough for `recalled`, cheap during training).
         batch_size: rows per forward pass.
         progress: show progress bars.
+        text_prefix_tokens: raw-text rows: tokens of the text given as the prompt; the answer is what follows.
 
     Example:
         >>> evaluator = Evaluator({"forget": forget_rows, "retain": retain_rows}, tokenizer)  # doctest: +SKIP
@@ -87,6 +100,7 @@ class Evaluator:
         max_new_tokens: int | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        text_prefix_tokens: int = DEFAULT_TEXT_PREFIX_TOKENS,
     ) -> None:
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
@@ -101,6 +115,7 @@ class Evaluator:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.progress = progress
+        self.text_prefix_tokens = text_prefix_tokens
         self.tokenizer = tokenizer
         self._modules = {m: lune_metrics.load(m, keep_in_memory=True) for m in {_MODULE_OF[m] for m in self.metrics}}
         self._pairs: dict[str, tuple[list[Any], list[Any], int]] = {}
@@ -112,7 +127,8 @@ class Evaluator:
     def _rows_of(self, name: str) -> tuple[list[Any], list[Any], int]:
         """Prompts, answers and the greedy answer length of a set (computed once)."""
         if name not in self._pairs:
-            pairs = [_prompt_and_answer(row, self.tokenizer) for row in self.sets[name]]
+            pairs = [prompt_and_answer(row, self.tokenizer, f"{name} row {i}", self.text_prefix_tokens)
+                     for i, row in enumerate(self.sets[name])]
             prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
             new_tokens = self.max_new_tokens
             if new_tokens is None:

@@ -130,8 +130,8 @@ def advice(
         return (f"retain quality fell below its floor before the forget set was forgotten: {fix}give `replacement` "
                 "answers instead of refusals, or lower the learning rate.")
     if budget_used:
-        return ("the training budget ran out before the forget set was forgotten: raise num_train_epochs (or "
-                "max_steps) or the learning rate.")
+        return ("the training budget ran out before the forget set was forgotten: raise max_steps (or "
+                "num_train_epochs / min_budget_steps) or the learning rate.")
     return "train longer or with a higher learning rate, or pick another objective (e.g. 'npo')."
 
 

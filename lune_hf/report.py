@@ -147,6 +147,8 @@ def build_run_report(trainer) -> dict[str, Any]:
             "learning_rate": args.learning_rate,
             "num_train_epochs": args.num_train_epochs,
             "max_steps": args.max_steps,
+            "budget_steps": trainer.state.max_steps,
+            "min_budget_steps": args.min_budget_steps,
             "per_device_train_batch_size": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "world_size": args.world_size,

@@ -93,8 +93,10 @@ def build_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = splitter
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    # clean_up_tokenization_spaces: decoded text reads as written ("I don't know.", not "I don ' t know .")
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
+        clean_up_tokenization_spaces=True,
     )
 
 

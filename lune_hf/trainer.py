@@ -37,6 +37,8 @@ from .data import (
     build_unlearning_dataset,
     default_refusals,
     ensure_pad_token,
+    row_format,
+    tokenize_retain,
     validate_columns,
 )
 from .logits import answer_logits
@@ -68,13 +70,22 @@ class LuneTrainer(Trainer):
     Args:
         model: a causal LM, a `PeftModel` (trained as given), or a Hub id / local path.
         args: a [`LuneConfig`] (a plain `TrainingArguments` is converted, keeping its values).
-        train_dataset: the **forget set**: rows with `prompt`, `completion` and optionally `replacement`.
-        retain_dataset: optional rows with `prompt`, `completion` whose answers must survive.
-        eval_dataset: optional forget-format rows on which the objective is evaluated.
+        train_dataset: the **forget set**: rows with `prompt`, `completion` and optionally `replacement`;
+            conversational `messages`; raw `text` (a passage to forget); or tokenised `input_ids` (+ `labels`).
+        retain_dataset: optional rows whose answers must survive, in the same formats (tokenised rows without
+            `labels` train on every non-pad token, as `DataCollatorForLanguageModeling` labels them).
+        eval_dataset: a validation set, evaluated with the retain loss (`eval_loss`), as a Trainer script expects;
+            or a dict of sets: the one named `"forget"` is evaluated with the forget term of the objective
+            (`eval_forget_loss`), every other one with the retain loss (`eval_<name>_loss`).
         processing_class: the tokenizer (loaded from `model` when it is an id).
         peft_config: the LoRA config; default [`default_lora_config`]. Ignored for a `PeftModel`.
         ref_model: optional separate reference model. By default the reference is the same model with its
             adapter disabled, so no second copy lives in memory.
+        formatting_func: as in TRL's `SFTTrainer`: turns a row into its text; every set's rows become raw `text`.
+        quantization_config: as in `SFTTrainer`: used to load `model` when it is an id.
+
+    `SFTTrainer`'s other arguments (`data_collator`, `compute_loss_func`, ...) and `SFTConfig` fields without a
+    meaning for unlearning (`packing`, `eos_token`, ...) are accepted and named in one warning.
     """
 
     _tag_names = ["lune", "unlearning", "lora"]
@@ -94,14 +105,26 @@ class LuneTrainer(Trainer):
         data_collator=None,
         callbacks=None,
         optimizers=(None, None),
+        formatting_func=None,
+        compute_loss_func=None,
+        quantization_config=None,
         **kwargs: Any,
     ) -> None:
         model_id = model if isinstance(model, str) else None
+        ignored: list[str] = []
         if args is None:
             name = (model_id or type(model).__name__).rstrip("/").split("/")[-1]
             args = LuneConfig(output_dir=f"{name}-lune")
         elif not isinstance(args, LuneConfig):
-            args = _to_lune_config(args)
+            given = args
+            args = _to_lune_config(given)
+            ignored += _ignored_fields(given)
+            text_field = getattr(given, "dataset_text_field", "text")
+            train_dataset, retain_dataset, eval_dataset = (
+                _as_text_column(d, text_field) for d in (train_dataset, retain_dataset, eval_dataset))
+        if formatting_func is not None:
+            train_dataset, retain_dataset, eval_dataset = (
+                _formatted(d, formatting_func) for d in (train_dataset, retain_dataset, eval_dataset))
         spec = args.spec
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and args.world_size == 1:
@@ -112,8 +135,22 @@ class LuneTrainer(Trainer):
             )
 
         if data_collator is not None:
-            logger.warning("LuneTrainer batches forget, replacement and retain rows with its own collator; the "
-                           "data_collator passed in is not used.")
+            ignored.append(f"data_collator ({type(data_collator).__name__}: LuneTrainer pads forget, replacement and "
+                           "retain rows in their own groups; tokenised rows without labels are labelled as "
+                           "DataCollatorForLanguageModeling does)")
+        if compute_loss_func is not None:
+            ignored.append("compute_loss_func (the loss is the unlearning objective)")
+        for name in ("compute_metrics", "preprocess_logits_for_metrics"):
+            if kwargs.get(name) is not None:
+                ignored.append(f"{name} (evaluation reports losses; forget / retain metrics come from the checks "
+                               "and ForgetRetainCallback)")
+        if quantization_config is not None:
+            if model_id is None:
+                ignored.append("quantization_config (the model is already loaded)")
+            else:
+                args.model_init_kwargs = {**(args.model_init_kwargs or {}), "quantization_config": quantization_config}
+        if ignored:
+            logger.warning("LuneTrainer does not use: %s.", "; ".join(ignored))
 
         # ---- data checks first: nothing is loaded or trained on bad input ----
         if train_dataset is None:
@@ -121,6 +158,9 @@ class LuneTrainer(Trainer):
         validate_columns(train_dataset, "forget")
         if retain_dataset is not None:
             validate_columns(retain_dataset, "retain")
+        for name, rows in (eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}).items():
+            if rows is not None:
+                validate_columns(rows, f"eval_dataset[{name!r}]" if name != "eval" else "eval_dataset")
         if spec.needs_retain and retain_dataset is None:
             raise ValueError(f"The objective {args.objective!r} needs a retain set: pass `retain_dataset`.")
 
@@ -155,7 +195,7 @@ class LuneTrainer(Trainer):
         refusals = args.refusals or default_refusals()
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
 
-        def prepare(rows: Dataset, retain: Dataset | None) -> UnlearningDataset:
+        def prepare(rows: Dataset, retain: Dataset | None, name: str = "forget") -> UnlearningDataset:
             return build_unlearning_dataset(
                 rows,
                 processing_class,
@@ -166,10 +206,20 @@ class LuneTrainer(Trainer):
                 replacement_column=None if spec.refusal_only else args.replacement_column,
                 retain=retain if args.retain_loss != "none" else None,
                 seed=args.seed,
+                text_prefix_tokens=args.text_prefix_tokens,
+                forget_name=name,
             )
 
+        def validation(rows: Dataset, name: str) -> UnlearningDataset:
+            return UnlearningDataset(tokenize_retain(rows, processing_class, args.max_length, name), None)
+
         train_tokens = prepare(train_dataset, retain_dataset)
-        eval_tokens = prepare(eval_dataset, retain_dataset) if eval_dataset is not None else None
+        _warn_prompt_less_rows(train_dataset)
+        if isinstance(eval_dataset, dict):
+            eval_tokens = {k: prepare(v, None, "eval_dataset['forget']") if k == "forget"
+                           else validation(v, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
+        else:
+            eval_tokens = validation(eval_dataset, "eval_dataset") if eval_dataset is not None else None
 
         super().__init__(
             model=model,
@@ -218,6 +268,7 @@ class LuneTrainer(Trainer):
             retain_floor=args.retain_floor if retain is not None else None,
             max_rows=args.forget_eval_max_rows,
             boost_stalled_lr=args.boost_stalled_lr,
+            text_prefix_tokens=args.text_prefix_tokens,
             trainer=self,
         )
         self.add_callback(check)
@@ -252,7 +303,6 @@ class LuneTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         args: LuneConfig = self.args
-        spec = args.spec
         mode = "train" if model.training else "eval"
         logged: dict[str, torch.Tensor] = {}
 
@@ -266,6 +316,35 @@ class LuneTrainer(Trainer):
             with self._reference(model) as ref:
                 return obj.sequence_nll(*self._logits(ref, inputs, prefix))[0]
 
+        if f"{FORGET_PREFIX}_input_ids" in inputs or f"{REPLACEMENT_PREFIX}_input_ids" in inputs:
+            loss = args.forget_weight * self._forget_loss(inputs, answer_stats, reference_nll, logged)
+            retain_weight = args.retain_weight
+        else:  # a validation set: the retain term alone
+            loss, retain_weight = 0.0, 1.0
+
+        if f"{RETAIN_PREFIX}_input_ids" in inputs:
+            logits_ret, labels_ret, nll_ret, n_ret = answer_stats(RETAIN_PREFIX)
+            if args.retain_loss == "kl":
+                with self._reference(model) as ref:
+                    ref_logits, _ = self._logits(ref, inputs, RETAIN_PREFIX)
+                retain_loss = obj.kl_divergence(logits_ret, ref_logits, labels_ret)
+            else:
+                retain_loss = obj.nll(nll_ret, n_ret)
+            loss = loss + retain_weight * retain_loss
+            logged["loss/retain"] = retain_loss.detach()
+
+        for key, value in logged.items():
+            # One scalar per rank: `gather`, not `gather_for_metrics`, which would cut it to the last batch's remainder.
+            self._metrics[mode][key].append(self.accelerator.gather(value.reshape(1)).mean().item())
+
+        if mode == "train":
+            self._guard_finite(model, loss)
+        return (loss, None) if return_outputs else loss
+
+    def _forget_loss(self, inputs, answer_stats, reference_nll, logged) -> torch.Tensor:
+        """The objective's forget term on a batch of forget rows."""
+        args: LuneConfig = self.args
+        spec = args.spec
         if spec.uses_answer:
             logits_f, labels_f, nll_f, n_f = answer_stats(FORGET_PREFIX)
         if spec.uses_replacement:
@@ -288,27 +367,8 @@ class LuneTrainer(Trainer):
             forget_loss = obj.inverted_hinge(logits_f, labels_f)
         else:  # pragma: no cover - LuneConfig validates the name
             raise ValueError(name)
-        loss = args.forget_weight * forget_loss
         logged["loss/forget"] = forget_loss.detach()
-
-        if f"{RETAIN_PREFIX}_input_ids" in inputs:
-            logits_ret, labels_ret, nll_ret, n_ret = answer_stats(RETAIN_PREFIX)
-            if args.retain_loss == "kl":
-                with self._reference(model) as ref:
-                    ref_logits, _ = self._logits(ref, inputs, RETAIN_PREFIX)
-                retain_loss = obj.kl_divergence(logits_ret, ref_logits, labels_ret)
-            else:
-                retain_loss = obj.nll(nll_ret, n_ret)
-            loss = loss + args.retain_weight * retain_loss
-            logged["loss/retain"] = retain_loss.detach()
-
-        for key, value in logged.items():
-            # One scalar per rank: `gather`, not `gather_for_metrics`, which would cut it to the last batch's remainder.
-            self._metrics[mode][key].append(self.accelerator.gather(value.reshape(1)).mean().item())
-
-        if mode == "train":
-            self._guard_finite(model, loss)
-        return (loss, None) if return_outputs else loss
+        return forget_loss
 
     def _guard_finite(self, model, loss: torch.Tensor) -> None:
         """Keep a copy of the adapter weights that gave a finite loss; on NaN/inf restore it, save and stop.
@@ -348,13 +408,19 @@ class LuneTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """The Trainer's evaluation; the loss terms are logged as `<metric_key_prefix>_loss/forget`, ..."""
+        self._eval_prefix = metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        if "loss" not in logs and "eval_loss" not in logs:  # e.g. a callback's evaluation: keep the loss terms
+        prefix = getattr(self, "_eval_prefix", "eval")
+        if "loss" not in logs and f"{prefix}_loss" not in logs:  # e.g. a callback's evaluation: keep the terms
             return super().log(logs, start_time)
         metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
         if mode == "eval":
-            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+            metrics = {f"{prefix}_{k}": v for k, v in metrics.items()}
         logs = {**logs, **metrics}
         super().log(logs, start_time)
         self._metrics[mode].clear()
@@ -372,6 +438,8 @@ class LuneTrainer(Trainer):
         self.run_status = RunStatus.RUNNING
         self.run_status_detail = ""
         self.outcome = None
+        configured_max_steps = self.args.max_steps
+        self.args.max_steps = self._budget_steps()
         try:
             output = super().train(*args, **kwargs)
         except BaseException as err:
@@ -379,6 +447,8 @@ class LuneTrainer(Trainer):
                 self.run_status = RunStatus.FAILED
                 self.run_status_detail = f"{type(err).__name__}"
             raise
+        finally:
+            self.args.max_steps = configured_max_steps  # the caller's config is left as it was given
         self.outcome = self.forget_check.outcome if self.forget_check is not None else None
         if self.outcome is None:
             self.run_status = RunStatus.COMPLETED
@@ -390,6 +460,17 @@ class LuneTrainer(Trainer):
             print(f"\nUnlearning result ({self.args.objective}, {self.outcome.steps} steps)\n{self.outcome.table()}\n",
                   flush=True)
         return output
+
+    def _budget_steps(self) -> int:
+        """`max_steps` for this run: the configured value, or `min_budget_steps` when the epochs give fewer steps
+        and training stops on the outcome (the epochs are a budget, not a recipe)."""
+        args: LuneConfig = self.args
+        if (args.max_steps > 0 or not args.min_budget_steps or self.forget_check is None
+                or not self.forget_check.stop_when_forgotten):
+            return args.max_steps
+        per_epoch = max(len(self.get_train_dataloader()) // args.gradient_accumulation_steps, 1)
+        from_epochs = math.ceil(args.num_train_epochs * per_epoch)
+        return args.min_budget_steps if from_epochs < args.min_budget_steps else args.max_steps
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save adapter and tokenizer, then the unlearning report (written last: a report means a complete folder)."""
@@ -421,13 +502,62 @@ def _to_lune_config(args: TrainingArguments) -> LuneConfig:
     return LuneConfig(**values)
 
 
+# Fields of TRL configs that LuneTrainer reads itself (the text column) and so never reports as ignored.
+_HONOURED_FIELDS = {"dataset_text_field"}
+
+
+def _ignored_fields(args: TrainingArguments) -> list[str]:
+    """`name=value` for each field of a foreign config (e.g. TRL's `SFTConfig`) that `LuneConfig` lacks and that
+    the user set to something other than its default."""
+    known = {f.name for f in dataclasses.fields(LuneConfig)} | _HONOURED_FIELDS
+    out = []
+    for f in dataclasses.fields(args):
+        if f.name in known or not f.init:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = getattr(args, f.name, default)
+        if value != default:
+            out.append(f"{f.name}={value!r}")
+    return out
+
+
+def _as_text_column(rows, field: str):
+    """Rows whose text column has another name (`SFTConfig.dataset_text_field`) get it as `text`."""
+    if isinstance(rows, dict):
+        return {k: _as_text_column(v, field) for k, v in rows.items()}
+    if rows is None or field == "text" or field not in rows.column_names or "text" in rows.column_names:
+        return rows
+    return rows.rename_column(field, "text")
+
+
+def _formatted(rows, formatting_func):
+    """Rows turned into raw `text` by an `SFTTrainer`-style `formatting_func`."""
+    if isinstance(rows, dict):
+        return {k: _formatted(v, formatting_func) for k, v in rows.items()}
+    if rows is None:
+        return None
+    return rows.map(lambda row: {"text": formatting_func(row)}, remove_columns=rows.column_names)
+
+
+def _warn_prompt_less_rows(rows: Dataset) -> None:
+    """Say when tokenised forget rows carry no prompt (run_clm style) and so are read as raw text."""
+    if row_format(rows.column_names) != "tokenised" or "labels" not in rows.column_names:
+        return
+    n = sum(1 for labels in rows["labels"] if labels and labels[0] != obj.IGNORE_INDEX)
+    if n:
+        logger.warning("%d of %d tokenised forget rows have no prompt (their first token is labelled, as run_clm "
+                       "labels a text): they are treated as raw text, the first `text_prefix_tokens` tokens as the "
+                       "prompt and the rest as the continuation to forget.", n, len(rows))
+
+
 def _base_model_id(model, model_id: str | None) -> str | None:
-    """The id or path the backbone came from, or None for a model built from a config."""
-    if model_id:
-        return model_id
-    if isinstance(model, PeftModel):
-        cfg = next(iter(model.peft_config.values()))
-        if cfg.base_model_name_or_path:
-            return cfg.base_model_name_or_path
+    """The id or path the backbone came from (a local folder made absolute), or None for a model built from a
+    config."""
+    name = model_id
+    if not name and isinstance(model, PeftModel):
+        name = next(iter(model.peft_config.values())).base_model_name_or_path
         model = model.get_base_model()
-    return getattr(model.config, "_name_or_path", None) or None
+    name = name or getattr(model.config, "_name_or_path", None) or None
+    if name and Path(name).is_dir():  # a local folder: absolute, so the adapter loads from anywhere
+        return str(Path(name).resolve())
+    return name

@@ -42,8 +42,8 @@ forget = load_dataset("json", data_files=cli.forget_data, split="train").map(tok
                                                                                                       "completion"])
 args = TrainingArguments(
     output_dir=cli.output_dir,
-    learning_rate=1e-2,
-    num_train_epochs=100,
+    learning_rate=1e-3,  # unlearning rates (LuneConfig's defaults); the fine-tuning script had its own
+    num_train_epochs=20,
     per_device_train_batch_size=4,
     logging_steps=50,
     save_strategy="no",

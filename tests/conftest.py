@@ -10,12 +10,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import copy  # noqa: E402
+import json  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from fixtures_hub import fake_hub, hub_no_retry_sleep  # noqa: E402, F401
 
+from lune_hf.demo import split_facts  # noqa: E402
 from lune_hf.synthetic import build_tiny_model, build_tokenizer, make_facts, memorised_model  # noqa: E402
 
 torch.set_num_threads(2)
@@ -53,3 +55,17 @@ def rows(facts, replacement: bool = False) -> Dataset:
         for row in data:
             row["replacement"] = " I do not know"
     return Dataset.from_list(data)
+
+
+@pytest.fixture(scope="session")
+def demo_files(memorised, tmp_path_factory):
+    """The memorised base model and its forget / retain data as files, laid out like `lune-hf demo` does."""
+    root = tmp_path_factory.mktemp("cli")
+    memorised.model.save_pretrained(root / "base_model")
+    memorised.tokenizer.save_pretrained(root / "base_model")
+    forget, retain = split_facts(memorised.facts)
+    (root / "data").mkdir()
+    for name, facts in (("forget", forget), ("retain", retain)):
+        with (root / "data" / f"{name}.jsonl").open("w") as handle:
+            handle.writelines(json.dumps(f.row()) + "\n" for f in facts)
+    return root

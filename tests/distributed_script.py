@@ -150,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         set_seed(0)
         settings = dict(per_device_train_batch_size=args.batch_size, lora_dropout=0.0, logging_steps=1,
                         disable_tqdm=True, use_cpu=True, dataloader_num_workers=0,
-                        forget_eval_steps=0)  # the `lune` run's own callback is its check; the others need none
+                        forget_eval_steps=0,  # the `lune` run's own callback is its check; the others need none
+                        learning_rate=1e-2, num_train_epochs=100, min_budget_steps=0)  # forgets in ~20 steps
         settings.update(overrides)
         trainer = LuneTrainer(
             AutoModelForCausalLM.from_pretrained(base),

@@ -7,27 +7,11 @@ import runpy
 import sys
 from pathlib import Path
 
-import pytest
-
 from lune_hf.cli import main
-from lune_hf.demo import run_demo, split_facts
+from lune_hf.demo import run_demo
 from lune_hf.report import MARKDOWN_FILE, PLOT_FILE, REPORT_FILE, read_report
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def demo_files(memorised, tmp_path_factory):
-    """The memorised base model and its forget / retain data as files, laid out like `lune-hf demo` does."""
-    root = tmp_path_factory.mktemp("cli")
-    memorised.model.save_pretrained(root / "base_model")
-    memorised.tokenizer.save_pretrained(root / "base_model")
-    forget, retain = split_facts(memorised.facts)
-    (root / "data").mkdir()
-    for name, facts in (("forget", forget), ("retain", retain)):
-        with (root / "data" / f"{name}.jsonl").open("w") as handle:
-            handle.writelines(json.dumps(f.row()) + "\n" for f in facts)
-    return root
 
 
 def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_path, capsys):
@@ -42,7 +26,8 @@ def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_pat
     assert code == 0
     report = read_report(out)
     assert report["status"] == "forgotten"
-    assert report["hyperparameters"]["learning_rate"] == 0.01  # from the YAML
+    # the recipe is the defaults written out: a 2-layer model trained from scratch forgets within its step budget
+    assert report["hyperparameters"]["learning_rate"] == 1e-3 and report["hyperparameters"]["budget_steps"] == 1000
     assert report["evaluation"]["after"]["forget/recalled"] <= 0.1  # the default forget target stopped it
     assert (out / "adapter_model.safetensors").is_file() and (out / MARKDOWN_FILE).is_file()
 
@@ -58,12 +43,13 @@ def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_pat
     assert "forget/rouge_l" in capsys.readouterr().out
 
 
-def test_train_names_a_missing_column(demo_files, tmp_path):
-    expected = r"forget.jsonl: no column 'question'; columns present: \['prompt', 'completion'\]"
-    with pytest.raises(ValueError, match=expected):
-        main(["train", "--model_name_or_path", str(demo_files / "base_model"),
-              "--forget_data", str(demo_files / "data" / "forget.jsonl"), "--prompt_column", "question",
-              "--output_dir", str(tmp_path), "--use_cpu", "true"])
+def test_train_names_a_missing_column(demo_files, tmp_path, capsys):
+    assert main(["train", "--model_name_or_path", str(demo_files / "base_model"),
+                 "--forget_data", str(demo_files / "data" / "forget.jsonl"), "--prompt_column", "question",
+                 "--output_dir", str(tmp_path), "--use_cpu", "true"]) == 2
+    err = capsys.readouterr().err
+    assert "forget.jsonl: no column 'question'; columns present: ['prompt', 'completion']" in err
+    assert "Traceback" not in err
 
 
 def test_drop_in_script_unlearns_with_an_ordinary_trainer_setup(demo_files, tmp_path, monkeypatch, memorised):

@@ -246,6 +246,7 @@ def test_cli_train_under_accelerate_launch(demo_dir, tmp_path):
         "--forget_data", str(demo_dir / "data" / "forget.jsonl"),
         "--retain_data", str(demo_dir / "data" / "retain.jsonl"),
         "--num_train_epochs", "2", "--lora_dropout", "0", "--logging_steps", "1", "--forget_eval_steps", "100",
+        "--min_budget_steps", "0",
         "--use_cpu", "true", "--disable_tqdm", "true",
     ]
     with one_thread():

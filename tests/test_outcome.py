@@ -3,10 +3,13 @@ and the evidence that reaches the report, the card and `publish`."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import rows
 from fixtures_hub import FAKE_HUB_TOKEN
+from transformers import TrainerCallback
 
 from lune_hf import LuneConfig, LuneTrainer
 from lune_hf.callbacks import ForgetRetainCallback
@@ -71,7 +74,7 @@ def _defaults(tmp_path, **kw) -> LuneConfig:
 
 
 def test_a_forget_set_the_model_never_knew_stops_at_the_first_check(tiny, tiny_model, tmp_path):
-    facts, tok = tiny  # an untrained model: it gives none of the answers
+    facts, tok = tiny  # an untrained model: it gives none of these answers (checked below)
     trainer = LuneTrainer(tiny_model, _defaults(tmp_path), train_dataset=rows(facts[:8]),
                           retain_dataset=rows(facts[8:24]), processing_class=tok)
     initial = trainable_state(trainer.model)
@@ -81,6 +84,7 @@ def test_a_forget_set_the_model_never_knew_stops_at_the_first_check(tiny, tiny_m
     assert trainer.outcome.steps == 0 and output.metrics["unlearning_steps"] == 0
     now = trainable_state(trainer.model)
     assert all(torch.equal(now[k], v) for k, v in initial.items())
+    assert trainer.outcome.before["forget/recalled"] == 0.0
     assert trainer.outcome.verdict is Verdict.FORGOTTEN
     assert output.metrics["verdict"] == "forgotten" and output.metrics["forget_recalled_after"] == 0.0
     assert "step 0" in trainer.outcome.stop_reason
@@ -103,19 +107,40 @@ def test_too_small_a_budget_ends_not_forgotten_with_the_fix(memorised, memorised
 
 
 def test_memorised_facts_are_forgotten_and_the_rest_kept(memorised, memorised_copy, tmp_path):
-    """The demo's tiny model at the learning rate a 2-layer model trained from scratch needs, all else default."""
+    """`LuneConfig(output_dir=...)` only: a 2-layer model trained from scratch holds its facts hard, and the step
+    budget's floor (`min_budget_steps`) gives it the steps it needs at the default rate."""
     facts = memorised.facts
     forget, retain = facts[::10], [f for i, f in enumerate(facts) if i % 10]
-    trainer = LuneTrainer(memorised_copy, _defaults(tmp_path, learning_rate=1e-2, num_train_epochs=100),
+    trainer = LuneTrainer(memorised_copy, _defaults(tmp_path),
                           train_dataset=rows(forget), retain_dataset=rows(retain),
                           processing_class=memorised.tokenizer)
     trainer.train()
     assert trainer.outcome.verdict is Verdict.FORGOTTEN
     assert trainer.state.global_step < trainer.state.max_steps  # stopped on the outcome, not the budget
+    assert trainer.args.max_steps == -1  # the budget floor did not leak into the caller's config
     full = Evaluator({"forget": rows(forget), "retain": rows(retain)}, memorised.tokenizer,
                      metrics=("recalled",)).evaluate(trainer.model)
     assert full["forget/recalled"] <= 0.1
     assert full["retain/recalled"] >= 0.9
+
+
+def test_the_budget_is_at_least_min_budget_steps_when_stopping_on_the_outcome(tiny, tiny_model, tmp_path):
+    facts, tok = tiny
+    seen = []
+
+    class Budget(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(state.max_steps)
+            control.should_training_stop = True
+
+    for kw in ({"min_budget_steps": 7}, {"min_budget_steps": 7, "max_steps": 3},
+               {"min_budget_steps": 7, "stop_when_forgotten": False}, {"min_budget_steps": 0}):
+        trainer = LuneTrainer(copy.deepcopy(tiny_model), _defaults(tmp_path, num_train_epochs=1, **kw),
+                              train_dataset=rows(facts[:8]),
+                              processing_class=tok, callbacks=[Budget()])
+        trainer.train()
+    # 8 rows, batch 4: one epoch is 2 steps; the floor applies only when the run stops on the outcome
+    assert seen == [7, 3, 2, 2]
 
 
 def test_retain_collapse_stops_and_restores_the_best_adapter(memorised, memorised_copy, tmp_path):
@@ -185,8 +210,6 @@ def test_a_stalled_forget_set_raises_the_learning_rate(memorised, memorised_copy
 
 @pytest.fixture(scope="module")
 def not_forgotten_run(memorised, tmp_path_factory):
-    import copy
-
     root = tmp_path_factory.mktemp("unverified")
     facts = memorised.facts
     trainer = LuneTrainer(copy.deepcopy(memorised.model),
