@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,12 @@ class LuneConfig(TrainingArguments):
         metadata={"help": "Rows of each set (forget, retain) used by the checks, evenly spaced: keeps them cheap on "
                   "big sets. Evaluate everything afterwards with `lune-hf eval`."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the results of an earlier run (adapter, report, checkpoints) in `output_dir`. "
+                  "Off: a run refuses a folder that holds them, so nothing finished is lost and checkpoints of two "
+                  "runs never mix (resuming with `resume_from_checkpoint` continues the same run and is allowed)."},
+    )
     # ---- LoRA (used when the model is not already a PeftModel and no `peft_config` is passed) ----
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (paper: 16)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (paper: 16)."})
@@ -168,8 +175,17 @@ class LuneConfig(TrainingArguments):
             self.retain_loss = "none"
         if self.retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"Unknown retain_loss {self.retain_loss!r}. Valid: {', '.join(RETAIN_LOSSES)}.")
+        for name in ("beta", "delta", "forget_weight", "retain_weight", "learning_rate"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}.")
+        if self.forget_weight < 0 or self.retain_weight < 0:
+            raise ValueError(f"forget_weight and retain_weight must be >= 0 (a negative weight turns the term's "
+                             f"direction around), got {self.forget_weight} and {self.retain_weight}.")
+        if self.max_steps == 0:
+            raise ValueError("max_steps=0 would train nothing: give a positive number of steps, or -1 to let "
+                             "num_train_epochs set the budget.")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}.")
         ForgetTarget.parse(self.forget_target)  # a clear error now rather than after the model loaded

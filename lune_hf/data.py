@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -30,6 +31,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .objectives import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
 
 FORGET_PREFIX = "forget"
 REPLACEMENT_PREFIX = "replacement"
@@ -50,10 +53,48 @@ def load_rows(source: str | Path, split: str = "train") -> Dataset:
         kind = _DATA_EXTENSIONS.get(path.suffix.lower())
         if kind is None:
             raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(_DATA_EXTENSIONS)}.")
+        check_data_file(path)
         return load_dataset(kind, data_files=str(path), split="train")
     if path.suffix.lower() in _DATA_EXTENSIONS:
         raise FileNotFoundError(f"{path}: no such file (a data file, or a Hub dataset id without an extension).")
     return load_dataset(str(source), split=split)
+
+
+def check_data_file(path: Path) -> None:
+    """Read a JSON / JSONL / CSV file the way `datasets` will, and name the file and line of the first problem
+    (empty file, bad UTF-8, a line that is not JSON, a CSV line with the wrong number of fields)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 (byte {raw[err.start]:#04x} at offset {err.start}); "
+                         "re-save the file as UTF-8.") from None
+    lines = text.splitlines()
+    if not any(line.strip() for line in lines):
+        raise ValueError(f"{path}: the file is empty (no rows).")
+    if suffix == ".jsonl" or (suffix == ".json" and not text.lstrip().startswith(("[", "{\"data"))):
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not a JSON object ({err.msg}).") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object with columns.")
+    elif suffix == ".csv":
+        import csv
+
+        rows = list(csv.reader(lines))
+        width = len(rows[0])
+        for number, row in enumerate(rows[1:], 2):
+            if row and len(row) != width:
+                raise ValueError(f"{path}, line {number}: {len(row)} fields where the header has {width} "
+                                 f"({', '.join(rows[0])}); quote fields that contain commas.")
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -104,6 +145,11 @@ def validate_columns(dataset: Dataset, name: str) -> None:
             f"The {name} set has no column {', '.join(repr(m) for m in missing)}; columns present: "
             f"{sorted(columns)}. Rows need {ROW_FORMATS}."
         )
+    for column in {"prompt": ("prompt", "completion"), "text": ("text",)}.get(kind, ()):
+        for i, value in enumerate(dataset[column]):
+            if not isinstance(value, (str, list)) or (kind == "text" and not str(value).strip()):
+                raise ValueError(f"{name} row {i}: `{column}` is {type(value).__name__} {value!r}; it must be "
+                                 f"{'non-empty text' if kind == 'text' else 'text (or a list of chat messages)'}.")
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -238,6 +284,14 @@ def pack_example(head: list[int], tail: list[int], max_length: int, where: str) 
     return {"input_ids": head + tail, "labels": [IGNORE_INDEX] * len(head) + tail}
 
 
+def _warn_cut(examples: list[dict[str, list[int]]], name: str, max_length: int) -> None:
+    """One warning naming how many rows of a set had their answer cut by `max_length`."""
+    cut = sum(1 for e in examples for k, v in e.items() if k.endswith("_input_ids") and len(v) >= max_length)
+    if cut:
+        logger.warning("%d answer(s) of the %s set were cut to fit max_length=%d tokens; raise max_length to train "
+                       "on the whole answers.", cut, name, max_length)
+
+
 def _prefixed(prefix: str, example: dict[str, list[int]]) -> dict[str, list[int]]:
     return {f"{prefix}_{key}": value for key, value in example.items()}
 
@@ -276,9 +330,11 @@ class UnlearningDataset(torch.utils.data.Dataset):
         return item
 
 
-def _tokenize_rows(rows: Dataset, name: str, convert) -> list[dict[str, list[int]]]:
+def _tokenize_rows(rows: Dataset, name: str, convert, max_length: int) -> list[dict[str, list[int]]]:
     rows_iter = tqdm(rows, desc=f"tokenising {name} set", disable=len(rows) < 1000)
-    return [convert(i, row) for i, row in enumerate(rows_iter)]
+    examples = [convert(i, row) for i, row in enumerate(rows_iter)]
+    _warn_cut(examples, name, max_length)
+    return examples
 
 
 def build_unlearning_dataset(
@@ -320,7 +376,7 @@ def build_unlearning_dataset(
         return out
 
     return UnlearningDataset(
-        _tokenize_rows(forget, forget_name, forget_example),
+        _tokenize_rows(forget, forget_name, forget_example, max_length),
         tokenize_retain(retain, tokenizer, max_length) if retain is not None else None,
         seed,
     )
@@ -337,7 +393,7 @@ def tokenize_retain(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_lengt
         head, tail = (parts.full[:1], parts.full[1:]) if parts.text else (parts.head, parts.tail)
         return _prefixed(RETAIN_PREFIX, pack_example(head, tail, max_length, where))
 
-    return _tokenize_rows(rows, name, example)
+    return _tokenize_rows(rows, name, example, max_length)
 
 
 def pad(sequences: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:

@@ -46,6 +46,7 @@ def demo_config(output_dir: str | Path, seed: int = 0, **overrides) -> LuneConfi
     """The demo's settings: the `LuneConfig` defaults; only logging, seed and device are set."""
     settings = dict(
         output_dir=str(output_dir),
+        overwrite_output_dir=True,  # running the demo again replaces its own results
         logging_steps=25,
         seed=seed,
         use_cpu=not torch.cuda.is_available(),

@@ -11,11 +11,12 @@ import logging
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, get_token, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
 from .card import render_card
@@ -37,6 +38,9 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# What `load_unlearned` downloads from an adapter repo: weights in safetensors, configs, card, report, plot and the
+# tokenizer's data files. Never pickles, code or anything else a repo may hold.
+ADAPTER_DOWNLOAD = [ADAPTER_WEIGHTS, ADAPTER_CONFIG, "README.md", REPORT_FILE, PLOT_FILE, *TOKENIZER_FILES]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -53,8 +57,16 @@ def is_hub_id(value: str | None) -> bool:
     return bool(value) and _REPO_ID.match(value) is not None and not Path(value).exists() and ".." not in value
 
 
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "<token>") if token else text
+def _redact(text: str, tokens: str | Sequence[str | None] | None) -> str:
+    for token in [tokens] if isinstance(tokens, str) or tokens is None else tokens:
+        text = text.replace(token, "<token>") if token else text
+    return text
+
+
+def client_tokens(token: str | None) -> list[str]:
+    """Every token a Hub call may send: the argument and the one `huggingface_hub` finds by itself (HF_TOKEN, the
+    stored login)."""
+    return [t for t in dict.fromkeys([token, get_token()]) if t]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,6 +141,15 @@ def stage_folder(
     """Copy exactly the files to publish into `staging`, with the card and the real base id; return their names."""
     folder = Path(output_dir)
     report = check_output_dir(folder, allow_unverified=allow_unverified)
+    manifest = report.get("files")  # what the run wrote; older reports have none
+
+    def written(name: str) -> bool:
+        return (folder / name).is_file() and (manifest is None or name in manifest)
+
+    stale = [name for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) if not written(name)]
+    if stale:
+        raise PublishError(f"{folder}: {', '.join(stale)} was not written by the run whose report is there "
+                           f"(the report lists {manifest}); save the run again.")
     base = resolve_base_model(folder, report, base_model)
     shutil.copy2(folder / ADAPTER_WEIGHTS, staging / ADAPTER_WEIGHTS)
     config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
@@ -136,12 +157,12 @@ def stage_folder(
     (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     report = {**report, "base_model": base}
     (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    has_plot = (folder / PLOT_FILE).is_file()
+    has_plot = written(PLOT_FILE)
     if has_plot:
         shutil.copy2(folder / PLOT_FILE, staging / PLOT_FILE)
     if include_tokenizer:
         for name in TOKENIZER_FILES:
-            if (folder / name).is_file():
+            if written(name):
                 shutil.copy2(folder / name, staging / name)
     card = render_card(report, repo_id=repo_id, base_model=base, summary=summary, license=license,
                        datasets=list(datasets) if datasets else None, has_plot=has_plot)
@@ -149,13 +170,64 @@ def stage_folder(
     return sorted(p.name for p in staging.iterdir())
 
 
+def _normalise(text: str) -> str:
+    """Unicode-normalised (NFKC), case-folded, whitespace squeezed: how a reader compares texts."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _json_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_json_strings(k), *_json_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _json_strings(v)]
+    return []
+
+
+def readable_text(path: Path) -> str:
+    """The text a reader of the file would see: UTF-8 (undecodable bytes dropped) plus, for JSON, every string
+    value decoded (`\u00c9` escapes included); normalised with `_normalise`."""
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="ignore")
+    parts = [text]
+    try:
+        parts += _json_strings(json.loads(text))
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    return _normalise("\n".join(parts))
+
+
+def _vocabulary(path: Path) -> set[str]:
+    """The words of a tokenizer file's vocabulary, without the word-start / continuation markers."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="ignore"))
+    except json.JSONDecodeError:
+        return set()
+    vocab = (data.get("model") or {}).get("vocab") if isinstance(data, dict) else None
+    if isinstance(vocab, list):  # unigram: [[piece, score], ...]
+        vocab = {piece[0]: 0 for piece in vocab if piece}
+    if not isinstance(vocab, dict):
+        return set()
+    return {_normalise(word.lstrip("▁Ġ").removeprefix("##")) for word in vocab}
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.findall(r"\w+", _normalise(text)) if len(w) >= 3 and not w.isdigit()]
+
+
 def find_leaks(folder: Path, secrets: Sequence[str]) -> list[tuple[str, str]]:
-    """(file, secret) for every secret string found in a file of `folder` (binary files included)."""
+    """(file, secret) for every secret found in a file of `folder`: in its decoded, normalised text (JSON escapes
+    and case do not hide it), and for tokenizer files also when the vocabulary holds every word of it."""
     leaks = []
-    needles = [(s, s.encode("utf-8")) for s in secrets if s and s.strip()]
+    needles = [(s, _normalise(s)) for s in secrets if s and s.strip()]
     for path in sorted(folder.iterdir()):
-        data = path.read_bytes()
-        leaks.extend((path.name, text) for text, raw in needles if raw in data)
+        text = readable_text(path)
+        found = {secret for secret, needle in needles if needle in text}
+        if path.name in TOKENIZER_FILES:
+            vocab = _vocabulary(path)
+            found |= {secret for secret, _ in needles if (words := _words(secret)) and set(words) <= vocab}
+        leaks.extend((path.name, secret) for secret, _ in needles if secret in found)
     return leaks
 
 
@@ -197,14 +269,20 @@ def publish(
         files = stage_folder(output_dir, staging, repo_id=repo_id, base_model=base_model, summary=summary,
                              license=license, datasets=datasets, include_tokenizer=include_tokenizer,
                              allow_unverified=allow_unverified)
-        leaks = find_leaks(staging, [token or ""] + list(forget_texts or []))
+        tokens = client_tokens(token)
+        leaks = find_leaks(staging, tokens + list(forget_texts or []))
         if leaks:
             names = sorted({name for name, _ in leaks})
-            what = "the token" if token and any(text == token for _, text in leaks) else "forget-set text"
-            raise PublishError(f"Refusing to publish: {what} found in {names}.")
+            what = "a Hub token" if any(text in tokens for _, text in leaks) else "forget-set text"
+            hint = (" (a tokenizer trained on the forget data carries its words: publish without the tokenizer; "
+                    "users load the base model's)" if any(n in TOKENIZER_FILES for n in names) else "")
+            raise PublishError(f"Refusing to publish: {what} found in {names}{hint}.")
         api = HfApi(endpoint=endpoint, token=token)
+        created = False
         try:
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            if not api.repo_exists(repo_id, repo_type="model"):
+                api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+                created = True
             commit = api.upload_folder(
                 folder_path=staging,
                 repo_id=repo_id,
@@ -215,14 +293,28 @@ def publish(
             )
         except HfHubHTTPError as err:
             status = err.response.status_code if err.response is not None else None
-            raise PublishError(_redact(_http_message(repo_id, status, err), token)) from None
+            left = _undo_create(api, repo_id, created)
+            raise PublishError(_redact(_http_message(repo_id, status, err) + left, tokens)) from None
         except Exception as err:  # network failures: connection refused, dropped mid-upload, timeouts
+            left = _undo_create(api, repo_id, created)
             raise PublishError(
                 _redact(f"Could not publish to {repo_id}: {type(err).__name__}: {err}. The local folder "
-                        f"{output_dir} is unchanged; try again.", token)
+                        f"{output_dir} is unchanged; try again.{left}", tokens)
             ) from None
     logger.info("Published %s to %s", ", ".join(files), repo_id)
     return commit
+
+
+def _undo_create(api: HfApi, repo_id: str, created: bool) -> str:
+    """Delete the repo this call created (and only that one); say what is left on the Hub."""
+    if not created:
+        return f" Nothing was committed to {repo_id}."
+    try:
+        api.delete_repo(repo_id, repo_type="model")
+    except Exception as err:  # the connection may be down for this call too
+        return (f" The repo {repo_id} was created by this call but could not be deleted ({type(err).__name__}): it "
+                "is empty apart from the Hub's initial files; delete it in its settings or publish again.")
+    return f" The repo {repo_id} that this call had created was deleted again."
 
 
 def _http_message(repo_id: str, status: int | None, err: Exception) -> str:
@@ -242,6 +334,7 @@ def _http_message(repo_id: str, status: int | None, err: Exception) -> str:
 
 
 def _local_copy(source: str | Path, *, token, revision, endpoint, cache_dir, allow_patterns=None) -> Path:
+    """A local folder as it is, or a Hub repo downloaded (only `allow_patterns` when given)."""
     path = Path(source)
     if path.is_dir():
         return path
@@ -307,14 +400,21 @@ def load_unlearned(
     sources = [adapter_repo_or_path] if isinstance(adapter_repo_or_path, (str, Path)) else list(adapter_repo_or_path)
     if not sources:
         raise ValueError("Give at least one adapter.")
-    folders = [_local_copy(s, token=token, revision=revision, endpoint=endpoint, cache_dir=cache_dir)
-               for s in sources]
+    remote = [not Path(s).is_dir() for s in sources]
+    folders = [_local_copy(s, token=token, revision=revision, endpoint=endpoint, cache_dir=cache_dir,
+                           allow_patterns=ADAPTER_DOWNLOAD) for s in sources]
     configs = []
     for folder in folders:
         if not (folder / ADAPTER_CONFIG).is_file():
             raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG}; is this an adapter?")
         configs.append(json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")))
     recorded = {c.get("base_model_name_or_path") for c in configs} - {None}
+    for source, is_remote, config in zip(sources, remote, configs, strict=True):
+        named = config.get("base_model_name_or_path")
+        if base_model is None and is_remote and named and not is_hub_id(named):
+            raise ValueError(f"{source}: its adapter config names the base {named!r}, a path on someone else's "
+                             "machine, not a Hub id; pass base_model= explicitly (a downloaded adapter never picks "
+                             "a local folder by itself).")
     if base_model is None:
         if len(recorded) != 1:
             raise ValueError(f"Cannot tell the base model (adapters record {sorted(recorded) or 'none'}); "
@@ -325,9 +425,10 @@ def load_unlearned(
 
     base_dir = _local_copy(base_model, token=token, revision=None, endpoint=endpoint, cache_dir=cache_dir)
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    # Never run code from a repo and never ask: trust_remote_code=False refuses an `auto_map` instead of prompting.
+    model = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=False, **kwargs)
     tokenizer_dir = next((f for f in folders if (f / "tokenizer_config.json").is_file()), base_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     for folder, config in zip(folders, configs, strict=True):
         check_adapter_fits(model, folder, config)
 

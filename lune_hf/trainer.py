@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from filelock import FileLock, Timeout
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
@@ -47,6 +48,8 @@ from .report import REPORT_FILE, RunStatus, build_run_report, write_json_atomic,
 from .snapshot import load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+LOCK_FILE = ".lune-hf.lock"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -394,12 +397,14 @@ class LuneTrainer(Trainer):
             load_trainable_state(self.accelerator.unwrap_model(model), self._last_good)
             self.run_status = RunStatus.FAILED
             self.run_status_detail = f"non-finite loss at step {step}"
-            self.save_model()
+            self.save_model(_internal_call=True)  # never pushed
             good_step = self._last_good_step - 1
             saved = f" The last good adapter (weights of step {good_step}) was saved to {self.args.output_dir}."
+        bounded = "" if self.args.objective in ("npo", "simnpo", "lune", "idk_nll") else (
+            ", or switch to a bounded objective such as 'npo'")
         raise NonFiniteLossError(
             f"The {self.args.objective!r} loss became {what} at step {step}.{saved} Lower the learning rate "
-            "(or the number of steps for gradient ascent), or switch to a bounded objective such as 'npo'."
+            f"(or the number of steps for gradient ascent){bounded}."
         )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -438,6 +443,11 @@ class LuneTrainer(Trainer):
         self.run_status = RunStatus.RUNNING
         self.run_status_detail = ""
         self.outcome = None
+        resume = kwargs.get("resume_from_checkpoint")
+        if isinstance(resume, str) and resume.lower() in ("true", "false"):  # `--resume_from_checkpoint true`
+            kwargs["resume_from_checkpoint"] = resume.lower() == "true" or None
+        if self.is_world_process_zero():
+            self._claim_output_dir(resuming=bool(kwargs.get("resume_from_checkpoint")))
         configured_max_steps = self.args.max_steps
         self.args.max_steps = self._budget_steps()
         try:
@@ -449,6 +459,9 @@ class LuneTrainer(Trainer):
             raise
         finally:
             self.args.max_steps = configured_max_steps  # the caller's config is left as it was given
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()
+                self._lock = None
         self.outcome = self.forget_check.outcome if self.forget_check is not None else None
         if self.outcome is None:
             self.run_status = RunStatus.COMPLETED
@@ -472,16 +485,110 @@ class LuneTrainer(Trainer):
         from_epochs = math.ceil(args.num_train_epochs * per_epoch)
         return args.min_budget_steps if from_epochs < args.min_budget_steps else args.max_steps
 
+    def _claim_output_dir(self, resuming: bool) -> None:
+        """Lock `output_dir` for this run, and refuse one that holds another run's results (unless told to
+        overwrite them, or resuming this run from its checkpoint)."""
+        folder = Path(self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        if getattr(self, "_lock", None) is None:
+            lock = FileLock(str(folder / LOCK_FILE))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise RuntimeError(f"{folder} is in use by another run (it holds the lock {LOCK_FILE}); wait for it to "
+                                   "finish or choose another output_dir.") from None
+            self._lock = lock  # held while this run trains
+        if resuming or self.args.overwrite_output_dir or getattr(self, "_claimed", False):
+            self._claimed = True
+            return
+        found = sorted(p.name for p in folder.iterdir()
+                       if p.name in (REPORT_FILE, ADAPTER_WEIGHTS) or p.name.startswith("checkpoint-"))
+        if found:
+            self._lock.release()
+            self._lock = None
+            raise FileExistsError(
+                f"{folder} holds the results of another run ({', '.join(found)}): choose another output_dir, or "
+                "pass overwrite_output_dir=True (--overwrite_output_dir true) to replace them."
+            )
+        self._claimed = True
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save adapter and tokenizer, then the unlearning report (written last: a report means a complete folder)."""
+        """Save adapter and tokenizer, then the unlearning report (written last: a report means a complete folder).
+
+        The report lists the files this save wrote (`files`): `publish` uploads those and nothing older. The Hub
+        token is never written (`training_args.bin` is saved without it)."""
         output_dir = output_dir or self.args.output_dir
         for cfg in getattr(self.accelerator.unwrap_model(self.model), "peft_config", {}).values():
             cfg.base_model_name_or_path = cfg.base_model_name_or_path or self.base_model_id
-        super().save_model(output_dir, _internal_call)
+        folder = Path(output_dir)
+        before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} if folder.is_dir() else {}
+        token, self.args.hub_token = self.args.hub_token, None
+        try:
+            super().save_model(output_dir, _internal_call=True)  # pushed below, once the report is written
+        finally:
+            self.args.hub_token = token
         if self.is_world_process_zero():
             report = build_run_report(self)
             write_report_files(output_dir, report)
-            write_json_atomic(Path(output_dir) / REPORT_FILE, report)
+            written = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+                       and before.get(p.name) != p.stat().st_mtime_ns]
+            report["files"] = sorted({*written, REPORT_FILE})
+            write_json_atomic(folder / REPORT_FILE, report)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save")
+
+    # ---------------------------------------------------------------------------------------------
+    # The Trainer's Hub path, routed through `lune_hf.hub.publish`
+    # ---------------------------------------------------------------------------------------------
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Nothing is created before the run has a result: `publish` creates the repo with the first commit."""
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Checkpoints are not pushed (they hold optimizer state and pickled arguments); the result is, at the
+        end, by `push_to_hub`."""
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write the unlearning model card (the one `publish` uploads) as `README.md` in `output_dir`. Accepts and
+        ignores the keyword arguments transformers and TRL pass (`dataset_name`, `tags`, ...)."""
+        from .card import render_card
+        from .report import PLOT_FILE, read_report
+
+        folder = Path(self.args.output_dir)
+        report = read_report(folder)
+        if report is None:
+            raise FileNotFoundError(f"{folder}: no {REPORT_FILE} yet; call save_model() first.")
+        repo_id = self.args.hub_model_id or folder.absolute().name
+        card = render_card(report, repo_id=repo_id, base_model=report.get("base_model"),
+                           license=kwargs.get("license"), has_plot=(folder / PLOT_FILE).is_file())
+        card.save(folder / "README.md")
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
+                    **kwargs: Any):
+        """Publish `output_dir` with `lune_hf.hub.publish` (same checks, same card, one commit). Accepts the keyword
+        arguments transformers and TRL pass; `license`, `dataset` / `dataset_name`, `summary`, `base_model` and
+        `allow_unverified` are used."""
+        from huggingface_hub import HfApi
+
+        from .hub import publish
+        from .report import read_report
+
+        if not self.is_world_process_zero():
+            return None
+        if read_report(self.args.output_dir) is None:
+            self.save_model(_internal_call=True)
+        token = token if token is not None else self.args.hub_token
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        if "/" not in repo_id:
+            repo_id = f"{HfApi(token=token).whoami()['name']}/{repo_id}"
+        datasets = kwargs.get("dataset") or kwargs.get("dataset_name")
+        return publish(self.args.output_dir, repo_id, token=token,
+                       private=self.args.hub_private_repo if private is None else private,
+                       revision=revision or self.args.hub_revision, commit_message=commit_message,
+                       base_model=kwargs.get("base_model"), summary=kwargs.get("summary"),
+                       license=kwargs.get("license"), datasets=[datasets] if isinstance(datasets, str) else datasets,
+                       allow_unverified=kwargs.get("allow_unverified", False))
 
 
 class _RetainPairingCallback(TrainerCallback):

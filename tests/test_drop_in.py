@@ -131,7 +131,7 @@ def test_bad_rows_name_the_set_row_and_column(memorised):
                                                     {"prompt": "a", "completion": None}]), tok, **kw)
     with pytest.raises(ValueError, match=r"forget row 0: `completion` is int 7"):
         build_unlearning_dataset(Dataset.from_list([{"prompt": "a", "completion": 7}]), tok, **kw)
-    with pytest.raises(ValueError, match=r"forget row 0: `text` is ''"):
+    with pytest.raises(ValueError, match=r"forget row 0: `text` is str ''"):
         build_unlearning_dataset(Dataset.from_list([{"text": ""}]), tok, **kw)
     with pytest.raises(ValueError, match=r"none of the columns .* present: \['question'\].*raw `text`"):
         build_unlearning_dataset(Dataset.from_list([{"question": "a"}]), tok, **kw)
