@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from fixtures_hub import fake_hub, hub_no_retry_sleep  # noqa: E402, F401
+from transformers import TrainerCallback  # noqa: E402
 
 from lune_hf.demo import split_facts  # noqa: E402
 from lune_hf.synthetic import build_tiny_model, build_tokenizer, make_facts, memorised_model  # noqa: E402
@@ -69,3 +70,17 @@ def demo_files(memorised, tmp_path_factory):
         with (root / "data" / f"{name}.jsonl").open("w") as handle:
             handle.writelines(json.dumps(f.row()) + "\n" for f in facts)
     return root
+
+
+class Poison(TrainerCallback):
+    """Puts an infinity into the adapter after step `step` (every step when None), as a diverging run would."""
+
+    def __init__(self, trainer, step: int | None = None):
+        self.trainer, self.step = trainer, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step is None or state.global_step == self.step:
+            with torch.no_grad():
+                for name, p in self.trainer.model.named_parameters():
+                    if "lora_B" in name:
+                        p.fill_(float("inf"))

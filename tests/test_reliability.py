@@ -14,8 +14,7 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import rows
+from conftest import Poison, rows
 from datasets import Dataset
 from filelock import FileLock
 from fixtures_hub import FAKE_HUB_TOKEN
@@ -48,19 +47,6 @@ def _run(model, facts, tok, out: Path, **kw) -> LuneTrainer:
     return trainer
 
 
-class _Poison(TrainerCallback):
-    """Puts an infinity into the adapter after step 1, as a diverging run would."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        with torch.no_grad():
-            for name, p in self.trainer.model.named_parameters():
-                if "lora_B" in name:
-                    p.fill_(float("inf"))
-
-
 # ---- 1, 2: nothing lost -------------------------------------------------------------------------
 
 
@@ -71,14 +57,14 @@ def test_1_a_failing_run_never_replaces_a_finished_one(tiny, tiny_model, tmp_pat
     finished = _digest(out)
     trainer = LuneTrainer(copy.deepcopy(tiny_model), _config(out, max_steps=5), train_dataset=rows(facts[:8]),
                           processing_class=tok)
-    trainer.add_callback(_Poison(trainer))
+    trainer.add_callback(Poison(trainer))
     with pytest.raises(FileExistsError, match="holds the results of another run"):
         trainer.train()
     assert _digest(out) == finished and read_report(out)["status"] == "completed"
     # told to overwrite, the failing run may replace it, and says it failed
     trainer = LuneTrainer(copy.deepcopy(tiny_model), _config(out, max_steps=5, overwrite_output_dir=True),
                           train_dataset=rows(facts[:8]), processing_class=tok)
-    trainer.add_callback(_Poison(trainer))
+    trainer.add_callback(Poison(trainer))
     with pytest.raises(NonFiniteLossError):
         trainer.train()
     assert read_report(out)["status"] == "failed"
@@ -289,7 +275,7 @@ def test_9_the_non_finite_message_never_suggests_the_objective_in_use(tiny, tiny
     facts, tok = tiny
     trainer = LuneTrainer(tiny_model, _config(tmp_path / "npo", objective="npo", max_steps=5),
                           train_dataset=rows(facts[:8]), processing_class=tok)
-    trainer.add_callback(_Poison(trainer))
+    trainer.add_callback(Poison(trainer))
     with pytest.raises(NonFiniteLossError) as info:
         trainer.train()
     assert "such as 'npo'" not in str(info.value) and "Lower the learning rate" in str(info.value)

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import rows
+from conftest import Poison, rows
 from peft import PeftModel
-from transformers import PreTrainedModel, TrainerCallback
+from transformers import PreTrainedModel
 
 from lune_hf import OBJECTIVES, LuneConfig, LuneTrainer, NonFiniteLossError
 from lune_hf import objectives as obj
@@ -273,25 +273,11 @@ def test_resume_from_checkpoint_continues(tiny, tmp_path):
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
 
 
-class _Poison(TrainerCallback):
-    """Puts an infinity into the adapter after step 2, as a diverging run would."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 2:
-            with torch.no_grad():
-                for name, p in self.trainer.model.named_parameters():
-                    if "lora_B" in name:
-                        p.fill_(float("inf"))
-
-
 def test_non_finite_loss_stops_and_keeps_last_good_adapter(tiny, tiny_model, tmp_path):
     facts, tok = tiny
     trainer = LuneTrainer(tiny_model, config(tmp_path, max_steps=10, warmup_steps=0), train_dataset=rows(facts[:8]),
                           processing_class=tok)
-    trainer.add_callback(_Poison(trainer))
+    trainer.add_callback(Poison(trainer, step=2))
     with pytest.raises(NonFiniteLossError, match="became .* at step 2.*last good adapter"):
         trainer.train()
     out = Path(trainer.args.output_dir)
