@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from filelock import FileLock, Timeout
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
@@ -446,8 +447,7 @@ class LuneTrainer(Trainer):
         resume = kwargs.get("resume_from_checkpoint")
         if isinstance(resume, str) and resume.lower() in ("true", "false"):  # `--resume_from_checkpoint true`
             kwargs["resume_from_checkpoint"] = resume.lower() == "true" or None
-        if self.is_world_process_zero():
-            self._claim_output_dir(resuming=bool(kwargs.get("resume_from_checkpoint")))
+        self._claim_output_dir_once(resuming=bool(kwargs.get("resume_from_checkpoint")))
         configured_max_steps = self.args.max_steps
         self.args.max_steps = self._budget_steps()
         try:
@@ -484,6 +484,21 @@ class LuneTrainer(Trainer):
         per_epoch = max(len(self.get_train_dataloader()) // args.gradient_accumulation_steps, 1)
         from_epochs = math.ceil(args.num_train_epochs * per_epoch)
         return args.min_budget_steps if from_epochs < args.min_budget_steps else args.max_steps
+
+    def _claim_output_dir_once(self, resuming: bool) -> None:
+        """`_claim_output_dir` on the main process; under several processes its verdict reaches every rank, so
+        none is left waiting in a collective while the main process stops."""
+        failure: list[tuple[type, str] | None] = [None]
+        if self.is_world_process_zero():
+            try:
+                self._claim_output_dir(resuming)
+            except (FileExistsError, RuntimeError) as err:
+                failure[0] = (type(err), str(err))
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(failure, from_process=0)
+        if failure[0] is not None:
+            kind, message = failure[0]
+            raise kind(message)
 
     def _claim_output_dir(self, resuming: bool) -> None:
         """Lock `output_dir` for this run, and refuse one that holds another run's results (unless told to

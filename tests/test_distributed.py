@@ -67,7 +67,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def launch(cmd: list[str], tmp: Path, timeout: int = 300) -> None:
+def launch(cmd: list[str], tmp: Path, timeout: int = 300, expect_ok: bool = True) -> subprocess.CompletedProcess:
     """Run a launcher command with one thread per rank, offline; fail with the end of its output."""
     env = {
         **os.environ,
@@ -80,7 +80,9 @@ def launch(cmd: list[str], tmp: Path, timeout: int = 300) -> None:
     if sys.platform == "linux":
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks talk over loopback, whatever the hostname resolves to
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    if expect_ok:
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +270,21 @@ def test_cli_train_under_accelerate_launch(demo_dir, tmp_path):
             assert abs(got[key] - value) <= tol, f"{when} {key}: {got[key]} vs {value}"
     want, got = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("one", "two"))
     assert_adapters_close(got, want)
+
+
+def test_a_refused_output_dir_stops_every_rank(demo_dir, tmp_path):
+    """The main process refuses a folder holding another run's results; the other rank stops too (no hang)."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / REPORT_FILE).write_text("{}")
+    proc = launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(ROOT / "recipes" / "accelerate" / "multi_gpu.yaml"), "--num_processes", "2", "--num_machines",
+                   "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                   "-m", "lune_hf.cli", "train", "--config", str(ROOT / "recipes" / "demo.yaml"),
+                   "--model_name_or_path", str(demo_dir / "base_model"),
+                   "--forget_data", str(demo_dir / "data" / "forget.jsonl"),
+                   "--retain_data", str(demo_dir / "data" / "retain.jsonl"), "--output_dir", str(out),
+                   "--use_cpu", "true", "--disable_tqdm", "true"], tmp_path, timeout=240, expect_ok=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("holds the results of another run") >= 2, proc.stderr[-3000:]  # both ranks say why
+    assert (out / REPORT_FILE).read_text() == "{}"
