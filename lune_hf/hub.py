@@ -20,11 +20,19 @@ from huggingface_hub import HfApi, get_token, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
 from .card import render_card
-from .report import BASE_CONFIG_KEYS, FINISHED, PLOT_FILE, REPORT_FILE, is_verified, read_report, unverified_reason
+from .report import (
+    ADAPTER_WEIGHTS,
+    BASE_CONFIG_KEYS,
+    FINISHED,
+    PLOT_FILE,
+    REPORT_FILE,
+    is_verified,
+    read_report,
+    unverified_reason,
+)
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 REPORT_FILE = "unlearning_report.json"
 EVAL_PREFIXES = ("forget/", "retain/")
 

@@ -45,11 +45,10 @@ from .data import (
 )
 from .logits import answer_logits
 from .outcome import Outcome
-from .report import REPORT_FILE, RunStatus, build_run_report, write_json_atomic, write_report_files
+from .report import ADAPTER_WEIGHTS, REPORT_FILE, RunStatus, build_run_report, write_json_atomic, write_report_files
 from .snapshot import load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 LOCK_FILE = ".lune-hf.lock"
 
 
