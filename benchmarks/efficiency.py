@@ -61,7 +61,7 @@ SETUPS: dict[str, Setup] = {
     s.name: s
     for s in [
         Setup("full_raw", "full-parameter AdamW, plain PyTorch loop (LUNE + retain NLL)", "raw", lora=False),
-        Setup("lora_trainer", "LuneTrainer, LoRA r=16 all-linear, dropout 0.05 (defaults)", "trainer"),
+        Setup("lora_trainer", "LuneTrainer, LoRA r=16 all-linear, dropout 0.05, no checkpointing", "trainer"),
         Setup("lora_raw", "plain PyTorch loop, same LoRA model and math", "raw"),
         Setup("npo_adapter_ref", "LuneTrainer NPO, reference = adapter disabled", "trainer", objective="npo",
               retain=False),
@@ -70,6 +70,8 @@ SETUPS: dict[str, Setup] = {
         Setup("lora_trainer_nodrop", "LuneTrainer, lora_dropout=0", "trainer", lora_dropout=0.0, variant=True),
         Setup("lora_trainer_nodrop_gc", "LuneTrainer, lora_dropout=0 + gradient_checkpointing", "trainer",
               lora_dropout=0.0, gradient_checkpointing=True, variant=True),
+        Setup("lora_trainer_gc", "LuneTrainer defaults: dropout 0.05 + activation checkpointing", "trainer",
+              gradient_checkpointing=True, variant=True),
         Setup("lora_trainer_full_logits", "LuneTrainer before the profile: lm_head over every position",
               "trainer", full_logits=True, variant=True),
         Setup("npo_adapter_ref_lean", "NPO, adapter-off reference, lora_dropout=0 + gradient checkpointing",
@@ -180,7 +182,7 @@ def benchmark_inputs(setup: Setup, tokenizer, *, max_steps: int, batch_size: int
     """The `LuneConfig` of `setup`, its forget / retain datasets and the tokenised unlearning dataset."""
     from datasets import Dataset
 
-    from lune_hf.config import LuneConfig
+    from lune_hf.config import CHECKPOINTING, LuneConfig
     from lune_hf.data import build_unlearning_dataset, default_refusals
 
     forget, retain = benchmark_rows(seed=seed)
@@ -190,7 +192,7 @@ def benchmark_inputs(setup: Setup, tokenizer, *, max_steps: int, batch_size: int
         output_dir=tempfile.mkdtemp(prefix="lune-bench-"), objective=setup.objective, max_steps=max_steps,
         per_device_train_batch_size=batch_size, max_length=seq_len, lora_dropout=setup.lora_dropout,
         use_cpu=device == "cpu", report_to="none", disable_tqdm=True, seed=seed, save_strategy="no",
-        **({"gradient_checkpointing": True} if setup.gradient_checkpointing else {}),  # False warns in v5
+        **{CHECKPOINTING: setup.gradient_checkpointing},  # explicit: LuneConfig turns it on when unset
     )
     spec = args.spec
     dataset = build_unlearning_dataset(

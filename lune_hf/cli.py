@@ -1,4 +1,4 @@
-"""The `lune-hf` command: demo, train, eval, publish, pull."""
+"""The `lune-hf` command: demo, train, eval, card, publish, pull, estimate-memory."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Errors that mean "your input or setup is wrong" (with `lune_hf.hub.PublishError`): the command prints the message
 # and exits 2 (set LUNE_HF_DEBUG=1 for the traceback). Anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse that accepts both spellings of every long option, `--output-dir` and `--output_dir`, as
+    `lune-hf train` (transformers' `HfArgumentParser`) does: one spelling to learn, whichever a user types."""
+
+    def add_argument(self, *names, **kwargs):
+        aliases = [f"--{n[2:].replace('-', '_')}" for n in names if n.startswith("--") and "-" in n[2:]]
+        return super().add_argument(*names, *aliases, **kwargs)
 
 
 @dataclass
@@ -79,7 +88,7 @@ def cmd_train(argv: Sequence[str]) -> int:
 def cmd_demo(argv: Sequence[str]) -> int:
     from .demo import run_demo
 
-    parser = argparse.ArgumentParser(prog="lune-hf demo", description="Offline end-to-end unlearning demo.")
+    parser = CommandParser(prog="lune-hf demo", description="Offline end-to-end unlearning demo.")
     parser.add_argument("--output-dir", default="lune-demo", help="Where the adapter and report go.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the synthetic facts and of training.")
     args = parser.parse_args(argv)
@@ -96,7 +105,7 @@ def _endpoint_args(parser: argparse.ArgumentParser) -> None:
 def cmd_publish(argv: Sequence[str]) -> int:
     from .hub import publish
 
-    parser = argparse.ArgumentParser(prog="lune-hf publish", description="Push an unlearning adapter and its "
+    parser = CommandParser(prog="lune-hf publish", description="Push an unlearning adapter and its "
                                      "model card to the Hub, in one commit.")
     parser.add_argument("output_dir", help="Folder written by LuneTrainer.save_model / lune-hf train / demo.")
     parser.add_argument("repo_id", help="Target repo, namespace/name.")
@@ -134,7 +143,7 @@ def cmd_card(argv: Sequence[str]) -> int:
     from .hub import check_output_dir, resolve_base_model
     from .report import PLOT_FILE
 
-    parser = argparse.ArgumentParser(prog="lune-hf card", description="Render the model card publish would "
+    parser = CommandParser(prog="lune-hf card", description="Render the model card publish would "
                                      "upload, to read it first.")
     parser.add_argument("output_dir", help="Folder of a finished run.")
     parser.add_argument("repo_id", help="The repo it would be published to.")
@@ -160,7 +169,7 @@ def cmd_card(argv: Sequence[str]) -> int:
 def cmd_pull(argv: Sequence[str]) -> int:
     from .hub import load_unlearned
 
-    parser = argparse.ArgumentParser(prog="lune-hf pull", description="Download a base model and unlearning "
+    parser = CommandParser(prog="lune-hf pull", description="Download a base model and unlearning "
                                      "adapters, apply them and save the result.")
     parser.add_argument("adapters", nargs="+", help="Adapter repo ids or folders (several are stacked).")
     parser.add_argument("--base-model", default=None, help="Base model (default: the adapters' recorded base).")
@@ -183,7 +192,7 @@ def cmd_eval(argv: Sequence[str]) -> int:
     from .data import load_rows
     from .evaluator import DEFAULT_METRICS, METRICS, Evaluator
 
-    parser = argparse.ArgumentParser(prog="lune-hf eval", description="Forget / retain metrics of a model, "
+    parser = CommandParser(prog="lune-hf eval", description="Forget / retain metrics of a model, "
                                      "with or without unlearning adapters.")
     parser.add_argument("--model", required=True, help="Base model id or folder.")
     parser.add_argument("--adapter", action="append", default=None, help="Adapter id or folder (repeatable).")
@@ -229,6 +238,82 @@ def cmd_eval(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_estimate_memory(argv: Sequence[str]) -> int:
+    import json
+    from pathlib import Path
+
+    from .memory import METHODS, StepShape, estimate_step_memory, format_bytes
+    from .objectives import OBJECTIVES
+
+    parser = CommandParser(
+        prog="lune-hf estimate-memory",
+        description="GPU memory of one LuneTrainer training step, from the model's config alone (fake tensors: "
+                    "nothing is downloaded but config.json, nothing is allocated), beside full fine-tuning.")
+    parser.add_argument("model", help="Hub id, local model folder, or a config.json file.")
+    parser.add_argument("--batch-size", type=int, default=8, help="Forget rows per device and step (default 8).")
+    parser.add_argument("--max-length", type=int, default=512, help="Tokens per row (default 512).")
+    parser.add_argument("--answer-tokens", type=int, default=None,
+                        help="Answer tokens per row, the rest is prompt (default: half of --max-length).")
+    parser.add_argument("--objective", default="lune", choices=list(OBJECTIVES), help="Unlearning objective.")
+    parser.add_argument("--no-retain", action="store_true", help="No retain rows in the step.")
+    parser.add_argument("--method", default="lora", choices=list(METHODS),
+                        help="lora (LuneTrainer), full (full fine-tuning), full_reference (full NPO with a second "
+                             "model).")
+    parser.add_argument("--no-checkpointing", action="store_true", help="Activation checkpointing off.")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05).")
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16).")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                        help="Dtype of the base weights (default bfloat16).")
+    parser.add_argument("--gpu", type=float, action="append", default=None,
+                        help="GPU size in GiB to check (repeatable; default 16, 24, 40, 80).")
+    parser.add_argument("--no-baseline", action="store_true", help="Skip the full fine-tuning comparison.")
+    parser.add_argument("--json", default=None, help="Also write the estimate to this JSON file.")
+    parser.add_argument("--token", default=None, help="Hub token, for a gated model's config.")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoConfig
+
+    source = Path(args.model)
+    config = (AutoConfig.for_model(**json.loads(source.read_text(encoding="utf-8")))
+              if source.is_file() else AutoConfig.from_pretrained(args.model, token=args.token))
+    shape = StepShape(method=args.method, objective=args.objective, retain=not args.no_retain,
+                      batch_size=args.batch_size, max_length=args.max_length,
+                      answer_tokens=args.answer_tokens,
+                      activation_checkpointing=not args.no_checkpointing, lora_dropout=args.lora_dropout,
+                      lora_r=args.lora_r, dtype=args.dtype)
+    print(f"Estimating one {shape.method} step of {args.model} ({shape.objective}"
+          f"{' + retain' if shape.retain else ''}, batch {shape.batch_size} x {shape.max_length}) ...", flush=True)
+    estimate = estimate_step_memory(config, shape)
+    baseline = None if args.no_baseline or shape.method != "lora" else estimate_step_memory(
+        config, StepShape(method="full", batch_size=shape.batch_size, max_length=shape.max_length,
+                          answer_tokens=shape.answer_tokens, activation_checkpointing=False, dtype=shape.dtype))
+    parts = estimate.breakdown
+    rows = [("weights (parameters)", parts.get("Parameter", 0) + parts.get("Buffer", 0)),
+            ("gradients", parts.get("Gradient", 0)), ("optimizer states", parts.get("Optstate", 0)),
+            ("activations", parts.get("Activation", 0) + parts.get("Temp", 0)), ("other", parts.get("Other", 0))]
+    print(f"\nparameters: {estimate.parameters['total']:,} ({estimate.parameters['trainable']:,} trained)")
+    print("at the peak of the step:")
+    for name, value in rows:
+        print(f"  {name:<22}{format_bytes(value):>12}")
+    print(f"  {'peak':<22}{format_bytes(estimate.peak_bytes):>12}")
+    if baseline is not None:
+        print(f"full fine-tuning, same batch: {format_bytes(baseline.peak_bytes)} (this step: "
+              f"{estimate.peak_bytes / baseline.peak_bytes:.2f} of it)")
+    gpus = args.gpu or [16.0, 24.0, 40.0, 80.0]
+    fits = {f"{g:g}": estimate.fits(g) for g in gpus}
+    print("fits (1 GiB kept for the CUDA context): " + ", ".join(
+        f"{g} GiB {'yes' if ok else 'no'}" for g, ok in fits.items()))
+    if not fits[f"{max(gpus):g}"] and shape.method == "lora":
+        print("to fit: lower --batch-size or --max-length, keep activation checkpointing on, or shard the "
+              "backbone over GPUs (recipes/accelerate/fsdp2_lora.yaml)")
+    if args.json:
+        payload = {"model": args.model, **estimate.as_dict(), "fits_gib": fits,
+                   "full_finetuning_peak_bytes": baseline.peak_bytes if baseline is not None else None}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"Written to {args.json}")
+    return 0
+
+
 COMMANDS = {
     "demo": (cmd_demo, "unlearn synthetic facts from a tiny model, offline (a minute on 2 CPU cores)"),
     "train": (cmd_train, "unlearn with a recipe: lune-hf train --config recipes/<name>.yaml [--field value ...]"),
@@ -236,6 +321,7 @@ COMMANDS = {
     "card": (cmd_card, "render the model card of an output folder without publishing"),
     "publish": (cmd_publish, "push an adapter, its report and a model card to the Hub"),
     "pull": (cmd_pull, "download and apply unlearning adapters (stacked or merged) and save the model"),
+    "estimate-memory": (cmd_estimate_memory, "will a training step fit my GPU? peak memory from the config alone"),
 }
 
 
@@ -244,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: lune-hf <command> [options]\n\ncommands:")
         for name, (_, help_text) in COMMANDS.items():
-            print(f"  {name:<9} {help_text}")
+            print(f"  {name:<16} {help_text}")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
             return 2

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
 
 from .objectives import OBJECTIVES, RETAIN_LOSSES
 from .outcome import ForgetTarget
+
+# transformers 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name stays an alias).
+CHECKPOINTING = next((f.name for f in fields(TrainingArguments) if f.name == "activation_checkpointing"),
+                     "gradient_checkpointing")
 
 
 @dataclass
@@ -20,9 +25,11 @@ class LuneConfig(TrainingArguments):
     Defaults that differ from `TrainingArguments`: `learning_rate=1e-3`, `num_train_epochs=20` (a budget: training
     stops once the forget set is forgotten, and runs at least `min_budget_steps` steps when it is not yet),
     `lr_scheduler_type="cosine"`, `warmup_steps=0.05` (5% of the steps), `per_device_train_batch_size=4`,
-    `logging_steps=5`, `save_strategy="no"`, `remove_unused_columns=False` (the collator needs every column).
-    The LUNE paper's LoRA settings (rank 16, alpha 16, dropout 0.05) are kept; its 2e-4 over 5 epochs is documented
-    in `benchmarks/results/defaults.md` as too slow to forget on its own.
+    `logging_steps=5`, `save_strategy="no"`, `remove_unused_columns=False` (the collator needs every column),
+    activation checkpointing on (without it LoRA's activations outgrow full fine-tuning's memory at 7B:
+    `benchmarks/results/memory_at_scale.md`). The LUNE paper's LoRA settings (rank 16, alpha 16, dropout 0.05)
+    are kept; its 2e-4 over 5 epochs is documented in `benchmarks/results/defaults.md` as too slow to forget on
+    its own.
     """
 
     # ---- objective -----------------------------------------------------------------------------
@@ -35,6 +42,13 @@ class LuneConfig(TrainingArguments):
     )
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature of npo, simnpo and idk_dpo."})
     delta: float = field(default=0.0, metadata={"help": "Margin subtracted from the per-token NLL in simnpo."})
+    negative_weight: float = field(
+        default=0.0,
+        metadata={"help": "lune only: weight of an NPO term on the original answer (its likelihood pushed below the "
+                  "adapter-off model's, bounded), added to the replacement answer's NLL. 0 is the paper's Eq. 4: "
+                  "the model learns to say the replacement, and the true answer's likelihood may stay where it was; "
+                  "> 0 also removes the answer (TOFU's forget quality measures that)."},
+    )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term in the total loss."})
     retain_weight: float = field(
         default=1.0, metadata={"help": "Weight of the retain term (used only when a retain set is given)."}
@@ -163,6 +177,14 @@ class LuneConfig(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs the forget, replacement and retain columns."}
     )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Activation checkpointing (`activation_checkpointing` in transformers >= 5.24, either name "
+                  "works). Unset: on. It recomputes each decoder layer in the backward instead of keeping its "
+                  "activations: a 7B LoRA step at batch 8 x 512 needs 17 GiB instead of 115 GiB, for about a third "
+                  "more step time (benchmarks/results/memory_at_scale.md). Pass False to trade memory for speed.",
+                  "nargs": "?", "const": True},
+    )
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
@@ -175,14 +197,18 @@ class LuneConfig(TrainingArguments):
             self.retain_loss = "none"
         if self.retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"Unknown retain_loss {self.retain_loss!r}. Valid: {', '.join(RETAIN_LOSSES)}.")
-        for name in ("beta", "delta", "forget_weight", "retain_weight", "learning_rate"):
+        for name in ("beta", "delta", "forget_weight", "retain_weight", "negative_weight", "learning_rate"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}.")
-        if self.forget_weight < 0 or self.retain_weight < 0:
-            raise ValueError(f"forget_weight and retain_weight must be >= 0 (a negative weight turns the term's "
-                             f"direction around), got {self.forget_weight} and {self.retain_weight}.")
+        if self.forget_weight < 0 or self.retain_weight < 0 or self.negative_weight < 0:
+            raise ValueError(f"forget_weight, retain_weight and negative_weight must be >= 0 (a negative weight turns "
+                             f"the term's direction around), got {self.forget_weight}, {self.retain_weight} and "
+                             f"{self.negative_weight}.")
+        if self.negative_weight > 0 and self.objective != "lune":
+            raise ValueError(f"negative_weight belongs to objective 'lune' (got {self.objective!r}); for an NPO term "
+                             f"alone use objective='npo'.")
         if self.max_steps == 0:
             raise ValueError("max_steps=0 would train nothing: give a positive number of steps, or -1 to let "
                              "num_train_epochs set the budget.")
@@ -203,9 +229,18 @@ class LuneConfig(TrainingArguments):
             raise ValueError(f"forget_eval_max_rows must be at least 1, got {self.forget_eval_max_rows}.")
         if self.refusals is not None and not [r for r in self.refusals if r.strip()]:
             raise ValueError("refusals is an empty list: give at least one sentence or leave it unset.")
+        if getattr(self, CHECKPOINTING, None) is None and self.gradient_checkpointing is None:
+            setattr(self, CHECKPOINTING, True)  # on unless the caller said otherwise, under either name
         super().__post_init__()
 
     @property
     def spec(self):
-        """The [`ObjectiveSpec`] of the chosen objective."""
-        return OBJECTIVES[self.objective]
+        """The [`ObjectiveSpec`] of the chosen objective (LUNE with `negative_weight` also uses the true answer)."""
+        spec = OBJECTIVES[self.objective]
+        if self.objective == "lune" and self.negative_weight > 0:
+            spec = dataclasses.replace(
+                spec, uses_answer=True, needs_reference=True,
+                formula=f"{spec.formula} + {self.negative_weight:g} * NPO(y | x)",
+                summary="LUNE + NPO: NLL on the replacement answers, and the original answers pushed below the "
+                        "adapter-off model's likelihood (bounded NPO term, `negative_weight`).")
+        return spec

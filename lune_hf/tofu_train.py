@@ -168,6 +168,9 @@ def unlearn(
         "use_cpu": not torch.cuda.is_available(),
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "disable_tqdm": False,
+        # A benchmark row is a fixed recipe (its epochs), comparable across objectives: no stopping on the
+        # outcome and no step floor unless the row asks for them (`name[stop_when_forgotten=true]`).
+        "stop_when_forgotten": False,
     }
     config = LuneConfig(**(values | settings))  # the overrides win, e.g. num_train_epochs or retain_loss="kl"
     trainer = LuneTrainer(model, config, train_dataset=forget, retain_dataset=retain if use_retain else None,

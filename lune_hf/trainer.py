@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import os
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from transformers import (
 
 from . import objectives as obj
 from .callbacks import ForgetRetainCallback
-from .config import LuneConfig
+from .config import CHECKPOINTING, LuneConfig
 from .data import (
     FORGET_PREFIX,
     REPLACEMENT_PREFIX,
@@ -65,6 +66,13 @@ def default_lora_config(args: LuneConfig) -> LoraConfig:
         target_modules=args.lora_target_modules or "all-linear",
         task_type="CAUSAL_LM",
     )
+
+
+def wrap_with_adapter(model, config: LoraConfig) -> PeftModel:
+    """`peft.get_peft_model`, without peft's FutureWarning about transformers' renamed checkpointing property."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 class LuneTrainer(Trainer):
@@ -179,15 +187,16 @@ class LuneTrainer(Trainer):
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = processing_class.pad_token_id
 
+        checkpointing = bool(getattr(args, CHECKPOINTING))
         if not isinstance(model, PeftModel):
-            if args.gradient_checkpointing:
-                model.enable_input_require_grads()
+            if checkpointing:
+                model.enable_input_require_grads()  # frozen embeddings: the checkpointed layers need a grad input
             # Seeded adapter init: the same on every rank (ZeRO-3 / FSDP shard it without a broadcast from rank 0)
             # and the same whatever the launcher or number of processes.
             set_seed(args.seed)
-            model = get_peft_model(model, peft_config or default_lora_config(args))
-        if args.gradient_checkpointing and args.gradient_checkpointing_kwargs is None:
-            args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+            model = wrap_with_adapter(model, peft_config or default_lora_config(args))
+        if checkpointing and getattr(args, f"{CHECKPOINTING}_kwargs") is None:
+            setattr(args, f"{CHECKPOINTING}_kwargs", {"use_reentrant": False})
         if spec.needs_reference or args.retain_loss == "kl":
             if ref_model is None and not isinstance(model, PeftModel):
                 raise ValueError(f"{args.objective!r} needs a reference: train with LoRA or pass `ref_model`.")
@@ -237,7 +246,8 @@ class LuneTrainer(Trainer):
         )
         if self.ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list),
+                                                                   "eval": defaultdict(list)}
         self._last_good: dict[str, torch.Tensor] | None = None
         self._last_good_step = 0
         self.run_status = RunStatus.NOT_STARTED
@@ -338,7 +348,8 @@ class LuneTrainer(Trainer):
 
         for key, value in logged.items():
             # One scalar per rank: `gather`, not `gather_for_metrics`, which would cut it to the last batch's remainder.
-            self._metrics[mode][key].append(self.accelerator.gather(value.reshape(1)).mean().item())
+            # Kept as a tensor and read at logging time: no device-to-host sync per term and step.
+            self._metrics[mode][key].append(self.accelerator.gather(value.reshape(1)).mean())
 
         if mode == "train":
             self._guard_finite(model, loss)
@@ -354,7 +365,12 @@ class LuneTrainer(Trainer):
             _, _, nll_r, n_r = answer_stats(REPLACEMENT_PREFIX)
 
         name = args.objective
-        if name in ("lune", "idk_nll"):
+        if name == "lune":
+            negative = args.negative_weight > 0
+            forget_loss = obj.lune(nll_r, n_r, nll_f if negative else None,
+                                   reference_nll(FORGET_PREFIX) if negative else None, args.beta,
+                                   args.negative_weight)
+        elif name == "idk_nll":
             forget_loss = obj.nll(nll_r, n_r)
         elif name in ("ga", "graddiff"):
             forget_loss = obj.gradient_ascent(nll_f, n_f)
@@ -423,7 +439,7 @@ class LuneTrainer(Trainer):
         prefix = getattr(self, "_eval_prefix", "eval")
         if "loss" not in logs and f"{prefix}_loss" not in logs:  # e.g. a callback's evaluation: keep the terms
             return super().log(logs, start_time)
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        metrics = {k: torch.stack(v).mean().item() for k, v in self._metrics[mode].items() if v}
         if mode == "eval":
             metrics = {f"{prefix}_{k}": v for k, v in metrics.items()}
         logs = {**logs, **metrics}

@@ -238,11 +238,9 @@ def test_one_rank_diverging_stops_every_rank(runs):
     assert saved and all(torch.isfinite(w).all() for w in saved.values())
 
 
-def test_cli_train_under_accelerate_launch(demo_dir, tmp_path):
-    """`lune-hf train` with the multi-GPU recipe on 2 CPU ranks equals the same recipe in one process."""
-    from lune_hf import cli
-
-    common = [
+def cli_train_args(demo_dir: Path) -> list[str]:
+    """`lune-hf train` on the demo recipe for 2 epochs, logging every step, comparable across launches."""
+    return [
         "train", "--config", str(ROOT / "recipes" / "demo.yaml"),
         "--model_name_or_path", str(demo_dir / "base_model"),
         "--forget_data", str(demo_dir / "data" / "forget.jsonl"),
@@ -251,25 +249,58 @@ def test_cli_train_under_accelerate_launch(demo_dir, tmp_path):
         "--min_budget_steps", "0",
         "--use_cpu", "true", "--disable_tqdm", "true",
     ]
+
+
+@pytest.fixture(scope="module")
+def cli_one(demo_dir, tmp_path_factory) -> Path:
+    """The output folder of `lune-hf train` in one process with twice the per-device batch."""
+    from lune_hf import cli
+
+    out = tmp_path_factory.mktemp("cli") / "one"
     with one_thread():
-        assert cli.main([*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size",
+        assert cli.main([*cli_train_args(demo_dir), "--output_dir", str(out), "--per_device_train_batch_size",
                          str(2 * BATCH)]) == 0
+    return out
+
+
+def launch_cli(config: str, demo_dir: Path, out: Path, script: list[str]) -> None:
+    """`accelerate launch --config_file recipes/accelerate/<config>` on 2 CPU ranks, fp32."""
     launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "recipes" / "accelerate" / "multi_gpu.yaml"), "--num_processes", "2", "--num_machines", "1",
+            str(ROOT / "recipes" / "accelerate" / config), "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-            "-m", "lune_hf.cli", *common, "--output_dir", str(tmp_path / "two"),
-            "--per_device_train_batch_size", str(BATCH)], tmp_path)
-    one, two = (json.loads((tmp_path / d / REPORT_FILE).read_text(encoding="utf-8")) for d in ("one", "two"))
+            *script, *cli_train_args(demo_dir), "--output_dir", str(out),
+            "--per_device_train_batch_size", str(BATCH)], out.parent)
+
+
+def assert_same_run(one: Path, two: Path) -> dict:
+    """Same steps, same before/after evaluation, adapters within tolerance; returns the 2-rank report."""
+    want, got = (json.loads((d / REPORT_FILE).read_text(encoding="utf-8")) for d in (one, two))
     # 12 forget rows, 2 epochs, 4 rows a step: 6 steps. Two unsharded copies would have taken 12 steps each.
-    assert one["global_step"] == two["global_step"] == 6
+    assert want["global_step"] == got["global_step"] == 6
     for when in ("before", "after"):
-        want, got = one["evaluation"][when], two["evaluation"][when]
-        assert got.keys() == want.keys()
-        for key, value in want.items():
+        assert got["evaluation"][when].keys() == want["evaluation"][when].keys()
+        for key, value in want["evaluation"][when].items():
             tol = 1e-5 if key.endswith("probability") else 0.0
-            assert abs(got[key] - value) <= tol, f"{when} {key}: {got[key]} vs {value}"
-    want, got = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("one", "two"))
-    assert_adapters_close(got, want)
+            assert abs(got["evaluation"][when][key] - value) <= tol, f"{when} {key}"
+    losses = [h[term] for h in want["train_log"] if "loss/forget" in h for term in ("loss/forget", "loss/retain")]
+    assert len(losses) == 12  # both terms at each of the 6 steps
+    assert [h[term] for h in got["train_log"] if "loss/forget" in h for term in ("loss/forget", "loss/retain")] == \
+        pytest.approx(losses, rel=1e-4)
+    assert_adapters_close(*(load_file(str(d / "adapter_model.safetensors")) for d in (two, one)))
+    return got
+
+
+def test_cli_train_under_accelerate_launch(demo_dir, cli_one, tmp_path):
+    """`lune-hf train` with the multi-GPU recipe on 2 CPU ranks equals the same recipe in one process."""
+    launch_cli("multi_gpu.yaml", demo_dir, tmp_path / "two", ["-m", "lune_hf.cli"])
+    assert_same_run(cli_one, tmp_path / "two")
+
+
+def test_fsdp2_recipe_trains_like_one_process(demo_dir, cli_one, tmp_path):
+    """The FSDP2 + LoRA recipe trains for real on 2 CPU ranks (sharded decoder layers, full-state-dict save)."""
+    launch_cli("fsdp2_lora.yaml", demo_dir, tmp_path / "fsdp", [str(ROOT / "tests" / "fsdp_cpu_cli.py")])
+    got = assert_same_run(cli_one, tmp_path / "fsdp")
+    assert got["hyperparameters"]["distributed_type"] == "FSDP" and got["hyperparameters"]["world_size"] == 2
 
 
 def test_a_refused_output_dir_stops_every_rank(demo_dir, tmp_path):

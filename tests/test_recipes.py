@@ -72,6 +72,32 @@ def test_deepspeed_configs(name, stage):
         assert ds.get("zero3_init_flag", False) is False
 
 
+@pytest.mark.parametrize(("name", "stage"), [("deepspeed_zero2.yaml", 2), ("deepspeed_zero3.yaml", 3)])
+def test_deepspeed_parses_the_configs_accelerate_builds(name, stage, monkeypatch):
+    """DeepSpeed's own parser accepts what accelerate makes of the recipe (CPU accelerator: no GPU needed).
+
+    The Trainer fills the "auto" values from its arguments; here they get LuneConfig's defaults (4 rows a step,
+    no accumulation, one process)."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    from accelerate.utils import DeepSpeedPlugin
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    ds = load_config_from_file(str(CONFIGS / name)).deepspeed_config
+    plugin = DeepSpeedPlugin(zero_stage=ds["zero_stage"], offload_optimizer_device=ds["offload_optimizer_device"],
+                             offload_param_device=ds["offload_param_device"],
+                             zero3_init_flag=ds.get("zero3_init_flag", False),
+                             zero3_save_16bit_model=ds.get("zero3_save_16bit_model", False))
+    filled = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "train_batch_size": 4,
+              "gradient_clipping": 1.0}
+    config = {k: filled.get(k, v) if v == "auto" else v for k, v in plugin.deepspeed_config.items()}
+    assert "auto" not in str(config)
+    parsed = DeepSpeedConfig(config)
+    assert parsed.zero_optimization_stage == stage
+    assert str(parsed.zero_config.offload_optimizer.device).endswith("none")
+    if stage == 3:
+        assert parsed.zero_config.gather_16bit_weights_on_model_save is True
+
+
 def test_readme_launch_commands_name_existing_configs():
     text = (RECIPES / "README.md").read_text(encoding="utf-8")
     for name in EXPECTED:

@@ -78,8 +78,10 @@ def _hand_loss(objective: str, model, base, batch, args: LuneConfig) -> torch.Te
         logits = m(input_ids=batch[f"{prefix}_input_ids"], attention_mask=batch[f"{prefix}_attention_mask"]).logits
         return logits, *obj.sequence_nll(logits, batch[f"{prefix}_labels"])
 
+    negative = args.negative_weight * obj.npo(nll(model, "forget")[1], nll(base, "forget")[1], args.beta) \
+        if args.negative_weight else 0.0
     forget = {
-        "lune": lambda: obj.nll(*nll(model, "replacement")[1:]),
+        "lune": lambda: obj.nll(*nll(model, "replacement")[1:]) + negative,
         "idk_nll": lambda: obj.nll(*nll(model, "replacement")[1:]),
         "ga": lambda: obj.gradient_ascent(*nll(model, "forget")[1:]),
         "graddiff": lambda: obj.gradient_ascent(*nll(model, "forget")[1:]),
@@ -118,6 +120,32 @@ def test_loss_equals_hand_computation(objective, retain_loss, tiny, tiny_model, 
         got = trainer.compute_loss(trainer.model, batch)
         want = _hand_loss(objective, trainer.model, base, batch, args)
     assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+
+
+def test_lune_negative_term_equals_hand_computation(tiny, tiny_model, tmp_path):
+    """`negative_weight` adds an NPO term on the original answer, reference = the adapter switched off."""
+    facts, tok = tiny
+    base = copy.deepcopy(tiny_model).eval()
+    args = config(tmp_path, objective="lune", negative_weight=0.5)
+    assert args.spec.uses_answer and args.spec.needs_reference and "NPO" in args.spec.formula
+    trainer = LuneTrainer(
+        tiny_model, args, train_dataset=rows(facts[:4]), retain_dataset=rows(facts[4:8]), processing_class=tok
+    )
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    trainer.model.eval()
+    batch = UnlearningCollator(tok.pad_token_id)([trainer.train_dataset[i] for i in range(4)])
+    assert {"forget_input_ids", "replacement_input_ids"} <= batch.keys()
+    with torch.no_grad():
+        got = trainer.compute_loss(trainer.model, batch)
+        want = _hand_loss("lune", trainer.model, base, batch, args)
+        without = _hand_loss("lune", trainer.model, base, batch, config(tmp_path, objective="lune"))
+    assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+    assert abs(want.item() - without.item()) > 1e-3  # the term is really there
+    with pytest.raises(ValueError, match="negative_weight belongs to objective 'lune'"):
+        config(tmp_path, objective="npo", negative_weight=1.0)
 
 
 def test_answer_window_hand_cases():
