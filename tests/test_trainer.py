@@ -100,16 +100,13 @@ def _hand_loss(objective: str, model, base, batch, args: LuneConfig) -> torch.Te
     return args.forget_weight * forget + args.retain_weight * retain
 
 
-@pytest.mark.parametrize("objective", list(OBJECTIVES))
-@pytest.mark.parametrize("retain_loss", ["nll", "kl"])
-def test_loss_equals_hand_computation(objective, retain_loss, tiny, tiny_model, tmp_path):
+def loss_and_hand_loss(tiny, tiny_model, args: LuneConfig) -> tuple[float, float, LuneTrainer, dict]:
+    """`compute_loss` and `_hand_loss` on one batch, the adapter moved off zero so that model and reference differ."""
     facts, tok = tiny
     base = copy.deepcopy(tiny_model).eval()
-    args = config(tmp_path, objective=objective, retain_loss=retain_loss, forget_weight=0.7, retain_weight=1.3)
     trainer = LuneTrainer(
         tiny_model, args, train_dataset=rows(facts[:4]), retain_dataset=rows(facts[4:8]), processing_class=tok
     )
-    # Give the adapter non-zero weights so that model and reference differ.
     with torch.no_grad():
         for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
@@ -118,32 +115,28 @@ def test_loss_equals_hand_computation(objective, retain_loss, tiny, tiny_model, 
     batch = UnlearningCollator(tok.pad_token_id)([trainer.train_dataset[i] for i in range(4)])
     with torch.no_grad():
         got = trainer.compute_loss(trainer.model, batch)
-        want = _hand_loss(objective, trainer.model, base, batch, args)
-    assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+        want = _hand_loss(args.objective, trainer.model, base, batch, args)
+    return got.item(), want.item(), trainer, {"base": base, "batch": batch}
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+@pytest.mark.parametrize("retain_loss", ["nll", "kl"])
+def test_loss_equals_hand_computation(objective, retain_loss, tiny, tiny_model, tmp_path):
+    args = config(tmp_path, objective=objective, retain_loss=retain_loss, forget_weight=0.7, retain_weight=1.3)
+    got, want, _, _ = loss_and_hand_loss(tiny, tiny_model, args)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
 def test_lune_negative_term_equals_hand_computation(tiny, tiny_model, tmp_path):
     """`negative_weight` adds an NPO term on the original answer, reference = the adapter switched off."""
-    facts, tok = tiny
-    base = copy.deepcopy(tiny_model).eval()
     args = config(tmp_path, objective="lune", negative_weight=0.5)
     assert args.spec.uses_answer and args.spec.needs_reference and "NPO" in args.spec.formula
-    trainer = LuneTrainer(
-        tiny_model, args, train_dataset=rows(facts[:4]), retain_dataset=rows(facts[4:8]), processing_class=tok
-    )
+    got, want, trainer, extra = loss_and_hand_loss(tiny, tiny_model, args)
+    assert {"forget_input_ids", "replacement_input_ids"} <= extra["batch"].keys()
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
     with torch.no_grad():
-        for name, p in trainer.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    trainer.model.eval()
-    batch = UnlearningCollator(tok.pad_token_id)([trainer.train_dataset[i] for i in range(4)])
-    assert {"forget_input_ids", "replacement_input_ids"} <= batch.keys()
-    with torch.no_grad():
-        got = trainer.compute_loss(trainer.model, batch)
-        want = _hand_loss("lune", trainer.model, base, batch, args)
-        without = _hand_loss("lune", trainer.model, base, batch, config(tmp_path, objective="lune"))
-    assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
-    assert abs(want.item() - without.item()) > 1e-3  # the term is really there
+        without = _hand_loss("lune", trainer.model, extra["base"], extra["batch"], config(tmp_path, objective="lune"))
+    assert abs(want - without.item()) > 1e-3  # the term is really there
     with pytest.raises(ValueError, match="negative_weight belongs to objective 'lune'"):
         config(tmp_path, objective="npo", negative_weight=1.0)
 
