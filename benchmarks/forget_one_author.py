@@ -75,7 +75,7 @@ def generate(model_dir: str, adapter: str | None, questions: list[Any], max_new_
 def refusal_share(answers: list[str]) -> float:
     """Share of answers whose first words match one of the shipped refusal sentences."""
     from lune_hf.data import default_refusals
-    from lune_hf.evaluation import normalize_answer
+    from lune_hf.metrics.functional import normalize_answer
 
     refusals = [normalize_answer(r) for r in default_refusals()]
     hits = [any(normalize_answer(a).startswith(r[:20]) for r in refusals) for a in answers]

@@ -7,8 +7,6 @@ chat message lists. Generation pads on the left and runs `model.generate` once p
 from __future__ import annotations
 
 import contextlib
-import re
-import string
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -102,13 +100,3 @@ def generate_answers(
             new_tokens = generated[:, ids.shape[1]:]
             answers.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return answers
-
-
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, drop punctuation and articles, squeeze spaces (SQuAD-style)."""
-    text = _PUNCT.sub(" ", text.lower())
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())

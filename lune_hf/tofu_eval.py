@@ -28,12 +28,11 @@ import numpy as np
 
 from .evaluation import generate_answers, score_answers
 from .metrics import functional as F
-from .tofu import SYSTEM_PROMPT, TofuSets, make_prompt
+from .tofu import SYSTEM_PROMPT, TofuSets, _head, make_prompt
 
 __all__ = ["UTILITY_SETS", "evaluate_tofu", "normalised_probability", "score_pairs"]
 
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
-_EPS = 1e-10
 
 
 def score_pairs(
@@ -66,7 +65,7 @@ def normalised_probability(
     for correct, wrong in zip(correct_logprobs, wrong_logprobs, strict=True):
         p_c = float(np.exp(np.mean(correct)))
         p_w = float(sum(np.exp(np.mean(w)) for w in wrong))
-        scores.append(p_c / (p_c + p_w + _EPS))
+        scores.append(p_c / (p_c + p_w + F.EPS))
     return {"probability": float(np.mean(scores)), "scores": scores}
 
 
@@ -182,7 +181,3 @@ def evaluate_tofu(
     result["model_utility"] = F.model_utility(inputs)["model_utility"]
     result["model_utility_inputs"] = list(inputs)
     return result
-
-
-def _head(rows, n: int):
-    return rows if len(rows) <= n else rows.select(range(n))

@@ -16,8 +16,9 @@ from transformers import PreTrainedModel
 from lune_hf import OBJECTIVES, LuneConfig, LuneTrainer, NonFiniteLossError
 from lune_hf import objectives as obj
 from lune_hf.data import UnlearningCollator, tokenize_example
-from lune_hf.evaluation import generate_answers, normalize_answer, score_answers
+from lune_hf.evaluation import generate_answers, score_answers
 from lune_hf.logits import answer_logits, answer_window
+from lune_hf.metrics.functional import normalize_answer
 from lune_hf.report import REPORT_FILE
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats
-
-from ..evaluation import normalize_answer
 
 TOFU_CITATION = """\
 @inproceedings{maini2024tofu,
@@ -36,6 +36,7 @@ __all__ = [
     "exact_match",
     "exact_memorization",
     "extraction_strength",
+    "normalize_answer",
     "forget_quality",
     "mia_min_k",
     "min_k_score",
@@ -47,12 +48,22 @@ __all__ = [
 ]
 
 TRUTH_RATIO_AGGREGATORS = ("closer_to_1_better", "true_better")
-_EPS = 1e-10  # open-unlearning's epsilon in the truth ratio and its aggregation
+EPS = 1e-10  # open-unlearning's epsilon in the truth ratio, its aggregation and probability_w_options
 
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
+
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and articles, squeeze spaces (SQuAD-style)."""
+    text = _PUNCT.sub(" ", text.lower())
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
 
 
 def _check_rows(n: int, what: str) -> None:
@@ -122,10 +133,10 @@ def truth_ratio(
         wrong_loss = float(
             np.mean([-_mean_logprob(ans, f"perturbed_logprobs row {i}, answer {j}") for j, ans in enumerate(perturbed)])
         )
-        scores.append(math.exp(-wrong_loss) / (math.exp(-correct_loss) + _EPS))
+        scores.append(math.exp(-wrong_loss) / (math.exp(-correct_loss) + EPS))
     tr = np.asarray(scores)
     if aggregator == "closer_to_1_better":
-        value = np.mean(np.minimum(tr, 1.0 / (tr + _EPS)))
+        value = np.mean(np.minimum(tr, 1.0 / (tr + EPS)))
     else:
         value = np.mean(np.maximum(0.0, 1.0 - tr))
     return {"truth_ratio": float(value), "scores": scores}
