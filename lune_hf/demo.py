@@ -20,7 +20,7 @@ from datasets import Dataset
 from .config import LuneConfig
 from .evaluation import generate_answers
 from .report import MARKDOWN_FILE, read_report
-from .synthetic import Fact, memorised_model
+from .testing.synthetic import Fact, memorised_model
 from .trainer import LuneTrainer
 
 BASE_MODEL_DIR = "base_model"

@@ -121,7 +121,7 @@ def base_config_summary(model) -> dict[str, Any]:
 
 def build_run_report(trainer) -> dict[str, Any]:
     """Everything the model card needs about a `LuneTrainer` run."""
-    from . import __version__
+    from ._version import __version__
     from .data import fingerprint
 
     args = trainer.args

@@ -8,12 +8,7 @@ fine-tuning (answer tokens only in the loss) with a plain `transformers.Trainer`
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +16,11 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from .data import ensure_pad_token, pad, split_row, tokenize_example
-from .objectives import IGNORE_INDEX
+from ..data import ensure_pad_token, pad, split_row, tokenize_example
+from ..objectives import IGNORE_INDEX
 
 __all__ = [
     "OBJECTIVE_SETTINGS",
-    "PeakMemory",
     "SftCollator",
     "finetune",
     "unlearn",
@@ -149,8 +143,8 @@ def unlearn(
     Settings come from :data:`OBJECTIVE_SETTINGS` (learning rate, beta, whether the retain set is used),
     updated with `overrides` (any `LuneConfig` field, plus ``retain``). Returns the trained `PeftModel`.
     """
-    from .config import LuneConfig
-    from .trainer import LuneTrainer
+    from ..config import LuneConfig
+    from ..trainer import LuneTrainer
 
     settings = {**OBJECTIVE_SETTINGS.get(objective, {}), **(overrides or {})}
     use_retain = bool(settings.pop("retain", True)) and retain is not None
@@ -179,48 +173,3 @@ def unlearn(
     trainer.save_model()
     trainer.model.eval()
     return trainer.model
-
-
-@dataclass
-class PeakMemory:
-    """Peak memory of a block in MiB: CUDA's peak allocation on a GPU, else the peak RSS sampled every 0.1 s.
-
-    ``with PeakMemory() as mem: ...`` then ``mem.peak_mb``; ``mem.seconds`` is the wall time of the block.
-    """
-
-    interval_s: float = 0.1
-    peak_mb: float = 0.0
-    seconds: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def _rss_mb(self) -> float:
-        with contextlib.suppress(OSError), open(f"/proc/{os.getpid()}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak_mb = max(self.peak_mb, self._rss_mb())
-
-    def __enter__(self) -> PeakMemory:
-        self._start = time.perf_counter()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self.peak_mb = self._rss_mb()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self._start
-        if torch.cuda.is_available():
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mb = max(self.peak_mb, self._rss_mb())

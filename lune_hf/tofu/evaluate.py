@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .evaluation import generate_answers, score_answers
-from .metrics import functional as F
-from .tofu import SYSTEM_PROMPT, TofuSets, _head, make_prompt
+from ..evaluation import generate_answers, score_answers
+from ..metrics import functional as F
+from .data import SYSTEM_PROMPT, TofuSets, _head, make_prompt
 
 __all__ = ["UTILITY_SETS", "evaluate_tofu", "normalised_probability", "score_pairs"]
 
