@@ -356,36 +356,14 @@ class LuneTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def _forget_loss(self, inputs, answer_stats, reference_nll, logged) -> torch.Tensor:
-        """The objective's forget term on a batch of forget rows."""
-        args: LuneConfig = self.args
-        spec = args.spec
-        if spec.uses_answer:
-            logits_f, labels_f, nll_f, n_f = answer_stats(FORGET_PREFIX)
+        """The objective's forget term on a batch of forget rows: its registry entry's loss."""
+        spec = self.args.spec
+        batch = obj.ForgetBatch(answer_stats, reference_nll, FORGET_PREFIX, REPLACEMENT_PREFIX)
+        if spec.uses_answer:  # the answer's forward first, then the replacement's (a fixed order of dropout draws)
+            batch.answer()
         if spec.uses_replacement:
-            _, _, nll_r, n_r = answer_stats(REPLACEMENT_PREFIX)
-
-        name = args.objective
-        if name == "lune":
-            negative = args.negative_weight > 0
-            forget_loss = obj.lune(nll_r, n_r, nll_f if negative else None,
-                                   reference_nll(FORGET_PREFIX) if negative else None, args.beta,
-                                   args.negative_weight)
-        elif name == "idk_nll":
-            forget_loss = obj.nll(nll_r, n_r)
-        elif name in ("ga", "graddiff"):
-            forget_loss = obj.gradient_ascent(nll_f, n_f)
-        elif name == "npo":
-            forget_loss = obj.npo(nll_f, reference_nll(FORGET_PREFIX), args.beta)
-        elif name == "simnpo":
-            forget_loss = obj.simnpo(nll_f, n_f, args.beta, args.delta)
-        elif name == "idk_dpo":
-            forget_loss = obj.dpo(
-                nll_r, nll_f, reference_nll(REPLACEMENT_PREFIX), reference_nll(FORGET_PREFIX), args.beta
-            )
-        elif name == "ihl":
-            forget_loss = obj.inverted_hinge(logits_f, labels_f)
-        else:  # pragma: no cover - LuneConfig validates the name
-            raise ValueError(name)
+            batch.replacement()
+        forget_loss = spec.loss(batch, self.args)
         logged["loss/forget"] = forget_loss.detach()
         return forget_loss
 

@@ -17,7 +17,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from ..data import ensure_pad_token, pad, split_row, tokenize_example
-from ..objectives import IGNORE_INDEX
+from ..objectives import IGNORE_INDEX, OBJECTIVES
 
 __all__ = [
     "OBJECTIVE_SETTINGS",
@@ -26,22 +26,13 @@ __all__ = [
     "unlearn",
 ]
 
-# Per-objective LuneConfig values used by the TOFU recipes (all with LoRA r=16 on every projection).
+# Per-objective LuneConfig values of the TOFU recipes (each ObjectiveSpec.recommended; LoRA r=16 everywhere).
 # Learning rates are LoRA-sized: open-unlearning's 1e-5 is for full-parameter training, and with LoRA 2e-5 moved
 # nothing in 25 steps (gradient ascent on SmolLM2-135M, benchmarks/results/tofu_cpu.md).
 # `retain`: whether the retain set is passed (its NLL weighted by `retain_weight`), as open-unlearning does for
 # GradDiff, NPO, SimNPO and IdkDPO (alpha = gamma = 1) and not for GradAscent. LUNE and IdK-NLL also get it here:
 # it is what keeps model utility on a model that memorised its retain set.
-OBJECTIVE_SETTINGS: dict[str, dict[str, Any]] = {
-    "lune": {"learning_rate": 2e-4, "retain": True},
-    "ga": {"learning_rate": 1e-4, "retain": False},
-    "graddiff": {"learning_rate": 1e-4, "retain": True},
-    "npo": {"learning_rate": 2e-4, "retain": True, "beta": 0.1},
-    "simnpo": {"learning_rate": 2e-4, "retain": True, "beta": 2.5, "delta": 0.0},
-    "idk_nll": {"learning_rate": 2e-4, "retain": True},
-    "idk_dpo": {"learning_rate": 2e-4, "retain": True, "beta": 0.1},
-    "ihl": {"learning_rate": 2e-4, "retain": True},
-}
+OBJECTIVE_SETTINGS: dict[str, dict[str, Any]] = {name: dict(spec.recommended) for name, spec in OBJECTIVES.items()}
 
 
 class SftCollator:
