@@ -251,6 +251,7 @@ class LuneTrainer(Trainer):
         self._last_good: dict[str, torch.Tensor] | None = None
         self._last_good_step = 0
         self.run_status = RunStatus.NOT_STARTED
+        self.run_status_detail = ""
         self.add_callback(_RetainPairingCallback(train_tokens))
         self.forget_check = self._forget_check(args, train_dataset, retain_dataset, processing_class)
         self.outcome: Outcome | None = None
@@ -520,6 +521,17 @@ class LuneTrainer(Trainer):
             )
         self._claimed = True
 
+    def _run_report(self) -> dict[str, Any]:
+        """The report of this run (`report.build_run_report` from this trainer's values)."""
+        stop_reasons = [cb.stop_reason for cb in self.callback_handler.callbacks if getattr(cb, "stop_reason", None)]
+        return build_run_report(
+            args=self.args, model=self.accelerator.unwrap_model(self.model), log_history=self.state.log_history,
+            global_step=self.state.global_step, budget_steps=self.state.max_steps, base_model_id=self.base_model_id,
+            forget_rows=self.forget_dataset, retain_rows=self.retain_dataset, status=self.run_status,
+            status_detail=self.run_status_detail, outcome=self.outcome, stop_reason=next(iter(stop_reasons), None),
+            distributed_type=str(getattr(self.accelerator.distributed_type, "value", "NO")),
+        )
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save adapter and tokenizer, then the unlearning report (written last: a report means a complete folder).
 
@@ -536,7 +548,7 @@ class LuneTrainer(Trainer):
         finally:
             self.args.hub_token = token
         if self.is_world_process_zero():
-            report = build_run_report(self)
+            report = self._run_report()
             write_report_files(output_dir, report)
             written = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
                        and before.get(p.name) != p.stat().st_mtime_ns]
