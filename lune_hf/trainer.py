@@ -122,21 +122,10 @@ class LuneTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         model_id = model if isinstance(model, str) else None
-        ignored: list[str] = []
-        if args is None:
-            name = (model_id or type(model).__name__).rstrip("/").split("/")[-1]
-            args = LuneConfig(output_dir=f"{name}-lune")
-        elif not isinstance(args, LuneConfig):
-            given = args
-            args = _to_lune_config(given)
-            ignored += _ignored_fields(given)
-            text_field = getattr(given, "dataset_text_field", "text")
-            train_dataset, retain_dataset, eval_dataset = (
-                _as_text_column(d, text_field) for d in (train_dataset, retain_dataset, eval_dataset))
-        if formatting_func is not None:
-            train_dataset, retain_dataset, eval_dataset = (
-                _formatted(d, formatting_func) for d in (train_dataset, retain_dataset, eval_dataset))
-        spec = args.spec
+        args, (train_dataset, retain_dataset, eval_dataset) = _drop_in_arguments(
+            model_id or type(model).__name__, args, (train_dataset, retain_dataset, eval_dataset), formatting_func,
+            data_collator=data_collator, compute_loss_func=compute_loss_func, quantization_config=quantization_config,
+            model_given=model_id is None, **kwargs)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and args.world_size == 1:
             raise RuntimeError(
@@ -144,94 +133,12 @@ class LuneTrainer(Trainer):
                 "copies: on a machine without GPUs set `use_cpu=True` (`--use_cpu true` on the command line) so the "
                 "processes join over gloo."
             )
-
-        if data_collator is not None:
-            ignored.append(f"data_collator ({type(data_collator).__name__}: LuneTrainer pads forget, replacement and "
-                           "retain rows in their own groups; tokenised rows without labels are labelled as "
-                           "DataCollatorForLanguageModeling does)")
-        if compute_loss_func is not None:
-            ignored.append("compute_loss_func (the loss is the unlearning objective)")
-        for name in ("compute_metrics", "preprocess_logits_for_metrics"):
-            if kwargs.get(name) is not None:
-                ignored.append(f"{name} (evaluation reports losses; forget / retain metrics come from the checks "
-                               "and ForgetRetainCallback)")
-        if quantization_config is not None:
-            if model_id is None:
-                ignored.append("quantization_config (the model is already loaded)")
-            else:
-                args.model_init_kwargs = {**(args.model_init_kwargs or {}), "quantization_config": quantization_config}
-        if ignored:
-            logger.warning("LuneTrainer does not use: %s.", "; ".join(ignored))
-
-        # ---- data checks first: nothing is loaded or trained on bad input ----
-        if train_dataset is None:
-            raise ValueError("LuneTrainer needs a forget set: pass it as `train_dataset`.")
-        validate_columns(train_dataset, "forget")
-        if retain_dataset is not None:
-            validate_columns(retain_dataset, "retain")
-        for name, rows in (eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}).items():
-            if rows is not None:
-                validate_columns(rows, f"eval_dataset[{name!r}]" if name != "eval" else "eval_dataset")
-        if spec.needs_retain and retain_dataset is None:
-            raise ValueError(f"The objective {args.objective!r} needs a retain set: pass `retain_dataset`.")
-
-        # ---- model and tokenizer ----
-        if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
-        if processing_class is None:
-            source = model_id or getattr(model.config, "_name_or_path", None)
-            if not source:
-                raise ValueError("The model was built from a config: pass its tokenizer as `processing_class`.")
-            processing_class = AutoTokenizer.from_pretrained(source)
-        ensure_pad_token(processing_class)
-        if getattr(model.config, "pad_token_id", None) is None:
-            model.config.pad_token_id = processing_class.pad_token_id
-
-        checkpointing = bool(getattr(args, CHECKPOINTING))
-        if not isinstance(model, PeftModel):
-            if checkpointing:
-                model.enable_input_require_grads()  # frozen embeddings: the checkpointed layers need a grad input
-            # Seeded adapter init: the same on every rank (ZeRO-3 / FSDP shard it without a broadcast from rank 0)
-            # and the same whatever the launcher or number of processes.
-            set_seed(args.seed)
-            model = wrap_with_adapter(model, peft_config or default_lora_config(args))
-        if checkpointing and getattr(args, f"{CHECKPOINTING}_kwargs") is None:
-            setattr(args, f"{CHECKPOINTING}_kwargs", {"use_reentrant": False})
-        if spec.needs_reference or args.retain_loss == "kl":
-            if ref_model is None and not isinstance(model, PeftModel):
-                raise ValueError(f"{args.objective!r} needs a reference: train with LoRA or pass `ref_model`.")
+        _check_data(args, train_dataset, retain_dataset, eval_dataset)  # before any model loads
+        model, processing_class = _model_and_tokenizer(model, processing_class, args, peft_config, ref_model)
         self.ref_model = ref_model
         self.base_model_id = _base_model_id(model, model_id)
-
-        # ---- tokenise ----
-        refusals = args.refusals or default_refusals()
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
-
-        def prepare(rows: Dataset, retain: Dataset | None, name: str = "forget") -> UnlearningDataset:
-            return build_unlearning_dataset(
-                rows,
-                processing_class,
-                max_length=args.max_length,
-                uses_answer=spec.uses_answer,
-                uses_replacement=spec.uses_replacement,
-                refusals=refusals,
-                replacement_column=None if spec.refusal_only else args.replacement_column,
-                retain=retain if args.retain_loss != "none" else None,
-                seed=args.seed,
-                text_prefix_tokens=args.text_prefix_tokens,
-                forget_name=name,
-            )
-
-        def validation(rows: Dataset, name: str) -> UnlearningDataset:
-            return UnlearningDataset(tokenize_retain(rows, processing_class, args.max_length, name), None)
-
-        train_tokens = prepare(train_dataset, retain_dataset)
-        _warn_prompt_less_rows(train_dataset)
-        if isinstance(eval_dataset, dict):
-            eval_tokens = {k: prepare(v, None, "eval_dataset['forget']") if k == "forget"
-                           else validation(v, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
-        else:
-            eval_tokens = validation(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+        train_tokens, eval_tokens = _tokenised(args, processing_class, train_dataset, retain_dataset, eval_dataset)
 
         super().__init__(
             model=model,
@@ -675,6 +582,114 @@ def _warn_prompt_less_rows(rows: Dataset) -> None:
         logger.warning("%d of %d tokenised forget rows have no prompt (their first token is labelled, as run_clm "
                        "labels a text): they are treated as raw text, the first `text_prefix_tokens` tokens as the "
                        "prompt and the rest as the continuation to forget.", n, len(rows))
+
+
+def _drop_in_arguments(name: str, args, datasets: tuple, formatting_func, *, data_collator, compute_loss_func,
+                       quantization_config, model_given: bool, **kwargs) -> tuple[LuneConfig, tuple]:
+    """What a Trainer / SFTTrainer script passes, made into LuneTrainer's inputs: a `LuneConfig` (from
+    `TrainingArguments` / `SFTConfig`, or a default one), the datasets in a text or formatted form, and one
+    warning that names every argument LuneTrainer does not use."""
+    ignored: list[str] = []
+    if args is None:
+        args = LuneConfig(output_dir=f"{name.rstrip('/').split('/')[-1]}-lune")
+    elif not isinstance(args, LuneConfig):
+        given = args
+        args = _to_lune_config(given)
+        ignored += _ignored_fields(given)
+        text_field = getattr(given, "dataset_text_field", "text")
+        datasets = tuple(_as_text_column(d, text_field) for d in datasets)
+    if formatting_func is not None:
+        datasets = tuple(_formatted(d, formatting_func) for d in datasets)
+    if data_collator is not None:
+        ignored.append(f"data_collator ({type(data_collator).__name__}: LuneTrainer pads forget, replacement and "
+                       "retain rows in their own groups; tokenised rows without labels are labelled as "
+                       "DataCollatorForLanguageModeling does)")
+    if compute_loss_func is not None:
+        ignored.append("compute_loss_func (the loss is the unlearning objective)")
+    for key in ("compute_metrics", "preprocess_logits_for_metrics"):
+        if kwargs.get(key) is not None:
+            ignored.append(f"{key} (evaluation reports losses; forget / retain metrics come from the checks "
+                           "and ForgetRetainCallback)")
+    if quantization_config is not None:
+        if model_given:
+            ignored.append("quantization_config (the model is already loaded)")
+        else:
+            args.model_init_kwargs = {**(args.model_init_kwargs or {}), "quantization_config": quantization_config}
+    if ignored:
+        logger.warning("LuneTrainer does not use: %s.", "; ".join(ignored))
+    return args, datasets
+
+
+def _check_data(args: LuneConfig, train_dataset, retain_dataset, eval_dataset) -> None:
+    """Every set's columns and types, and the objective's needs: nothing is loaded or trained on bad input."""
+    if train_dataset is None:
+        raise ValueError("LuneTrainer needs a forget set: pass it as `train_dataset`.")
+    validate_columns(train_dataset, "forget")
+    if retain_dataset is not None:
+        validate_columns(retain_dataset, "retain")
+    for name, rows in (eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}).items():
+        if rows is not None:
+            validate_columns(rows, f"eval_dataset[{name!r}]" if name != "eval" else "eval_dataset")
+    if args.spec.needs_retain and retain_dataset is None:
+        raise ValueError(f"The objective {args.objective!r} needs a retain set: pass `retain_dataset`.")
+
+
+def _model_and_tokenizer(model, processing_class, args: LuneConfig, peft_config, ref_model):
+    """The model (loaded if an id, wrapped with the seeded adapter unless already a `PeftModel`) and its tokenizer
+    (with a pad token)."""
+    model_id = model if isinstance(model, str) else None
+    if model_id is not None:
+        model = AutoModelForCausalLM.from_pretrained(model_id, **(args.model_init_kwargs or {}))
+    if processing_class is None:
+        source = model_id or getattr(model.config, "_name_or_path", None)
+        if not source:
+            raise ValueError("The model was built from a config: pass its tokenizer as `processing_class`.")
+        processing_class = AutoTokenizer.from_pretrained(source)
+    ensure_pad_token(processing_class)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = processing_class.pad_token_id
+
+    checkpointing = bool(getattr(args, CHECKPOINTING))
+    if not isinstance(model, PeftModel):
+        if checkpointing:
+            model.enable_input_require_grads()  # frozen embeddings: the checkpointed layers need a grad input
+        # Seeded adapter init: the same on every rank (ZeRO-3 / FSDP shard it without a broadcast from rank 0)
+        # and the same whatever the launcher or number of processes.
+        set_seed(args.seed)
+        model = wrap_with_adapter(model, peft_config or default_lora_config(args))
+    if checkpointing and getattr(args, f"{CHECKPOINTING}_kwargs") is None:
+        setattr(args, f"{CHECKPOINTING}_kwargs", {"use_reentrant": False})
+    if (args.spec.needs_reference or args.retain_loss == "kl") and ref_model is None \
+            and not isinstance(model, PeftModel):
+        raise ValueError(f"{args.objective!r} needs a reference: train with LoRA or pass `ref_model`.")
+    return model, processing_class
+
+
+def _tokenised(args: LuneConfig, tokenizer, train_dataset, retain_dataset, eval_dataset):
+    """The forget set paired with retain rows, and the evaluation set(s), tokenised for the collator."""
+    spec = args.spec
+    refusals = args.refusals or default_refusals()
+
+    def prepare(rows: Dataset, retain: Dataset | None, name: str = "forget") -> UnlearningDataset:
+        return build_unlearning_dataset(
+            rows, tokenizer, max_length=args.max_length, uses_answer=spec.uses_answer,
+            uses_replacement=spec.uses_replacement, refusals=refusals,
+            replacement_column=None if spec.refusal_only else args.replacement_column,
+            retain=retain if args.retain_loss != "none" else None, seed=args.seed,
+            text_prefix_tokens=args.text_prefix_tokens, forget_name=name,
+        )
+
+    def validation(rows: Dataset, name: str) -> UnlearningDataset:
+        return UnlearningDataset(tokenize_retain(rows, tokenizer, args.max_length, name), None)
+
+    train_tokens = prepare(train_dataset, retain_dataset)
+    _warn_prompt_less_rows(train_dataset)
+    if isinstance(eval_dataset, dict):
+        eval_tokens = {k: prepare(v, None, "eval_dataset['forget']") if k == "forget"
+                       else validation(v, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
+    else:
+        eval_tokens = validation(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+    return train_tokens, eval_tokens
 
 
 def _base_model_id(model, model_id: str | None) -> str | None:
