@@ -11,7 +11,7 @@ def cmd_estimate_memory(argv: Sequence[str]) -> int:
     import json
     from pathlib import Path
 
-    from ..memory import METHODS, StepShape, estimate_step_memory, format_bytes
+    from ..memory import METHODS, StepShape, estimate_step_memory
     from ..objectives import OBJECTIVES
 
     parser = CommandParser(
@@ -56,6 +56,19 @@ def cmd_estimate_memory(argv: Sequence[str]) -> int:
     baseline = None if args.no_baseline or shape.method != "lora" else estimate_step_memory(
         config, StepShape(method="full", batch_size=shape.batch_size, max_length=shape.max_length,
                           answer_tokens=shape.answer_tokens, activation_checkpointing=False, dtype=shape.dtype))
+    fits = _print_estimate(estimate, baseline, args.gpu or [16.0, 24.0, 40.0, 80.0])
+    if args.json:
+        payload = {"model": args.model, **estimate.as_dict(), "fits_gib": fits,
+                   "full_finetuning_peak_bytes": baseline.peak_bytes if baseline is not None else None}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"Written to {args.json}")
+    return 0
+
+
+def _print_estimate(estimate, baseline, gpus: list[float]) -> dict[str, bool]:
+    """The breakdown at the peak, the full fine-tuning comparison and which GPU sizes it fits."""
+    from ..memory import format_bytes
+
     parts = estimate.breakdown
     rows = [("weights (parameters)", parts.get("Parameter", 0) + parts.get("Buffer", 0)),
             ("gradients", parts.get("Gradient", 0)), ("optimizer states", parts.get("Optstate", 0)),
@@ -68,17 +81,10 @@ def cmd_estimate_memory(argv: Sequence[str]) -> int:
     if baseline is not None:
         print(f"full fine-tuning, same batch: {format_bytes(baseline.peak_bytes)} (this step: "
               f"{estimate.peak_bytes / baseline.peak_bytes:.2f} of it)")
-    gpus = args.gpu or [16.0, 24.0, 40.0, 80.0]
     fits = {f"{g:g}": estimate.fits(g) for g in gpus}
     print("fits (1 GiB kept for the CUDA context): " + ", ".join(
         f"{g} GiB {'yes' if ok else 'no'}" for g, ok in fits.items()))
-    if not fits[f"{max(gpus):g}"] and shape.method == "lora":
+    if not fits[f"{max(gpus):g}"] and estimate.shape.method == "lora":
         print("to fit: lower --batch-size or --max-length, keep activation checkpointing on, or shard the "
               "backbone over GPUs (recipes/accelerate/fsdp2_lora.yaml)")
-    if args.json:
-        payload = {"model": args.model, **estimate.as_dict(), "fits_gib": fits,
-                   "full_finetuning_peak_bytes": baseline.peak_bytes if baseline is not None else None}
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"Written to {args.json}")
-    return 0
-
+    return fits
