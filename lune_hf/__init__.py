@@ -1,9 +1,8 @@
 """lune-hf: make a language model forget, with LoRA adapters trained on negative examples."""
 
-__version__ = "0.1.0"
-
-from .config import LuneConfig  # noqa: E402
-from .objectives import OBJECTIVES  # noqa: E402
-from .trainer import LuneTrainer, NonFiniteLossError, default_lora_config  # noqa: E402
+from ._version import __version__
+from .config import LuneConfig
+from .objectives import OBJECTIVES
+from .trainer import LuneTrainer, NonFiniteLossError, default_lora_config
 
 __all__ = ["LuneConfig", "LuneTrainer", "NonFiniteLossError", "OBJECTIVES", "default_lora_config", "__version__"]

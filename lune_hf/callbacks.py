@@ -102,22 +102,9 @@ class ForgetRetainCallback(TrainerCallback):
         text_prefix_tokens: int = DEFAULT_TEXT_PREFIX_TOKENS,
         trainer=None,
     ) -> None:
-        if forget_target is not None:
-            target = (ForgetTarget.parse(forget_target) if not isinstance(forget_target, (int, float))
-                      else ForgetTarget(stop_metric, float(forget_target)))
-            stop_metric = target.metric
-        else:
-            target = None
-        if stop_metric not in metrics and (target is not None or retain_floor is not None):
-            raise ValueError(f"stop_metric {stop_metric!r} must be one of the metrics {list(metrics)}.")
-        if retain_floor is not None and retain_dataset is None:
-            raise ValueError("retain_floor needs a retain_dataset to watch.")
-        if retain_floor is not None and not 0.0 <= retain_floor <= 1.0:
-            raise ValueError(f"retain_floor is a fraction of the initial retain value in [0, 1], got {retain_floor}.")
-        if eval_steps is not None and eval_steps < 1:
-            raise ValueError(f"eval_steps must be at least 1 (or None for automatic), got {eval_steps}.")
-        if boost_stalled_lr and "probability" not in metrics:
-            raise ValueError("boost_stalled_lr watches forget/probability: add 'probability' to the metrics.")
+        target = _checked_settings(forget_target, stop_metric, metrics, retain_floor, retain_dataset is not None,
+                                   eval_steps, boost_stalled_lr)
+        stop_metric = target.metric if target is not None else stop_metric
         sets = {"forget": forget_dataset, **({"retain": retain_dataset} if retain_dataset is not None else {})}
         self.evaluator = Evaluator({**sets, **(extra_sets or {})}, tokenizer, metrics=metrics, max_rows=max_rows,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
@@ -328,3 +315,24 @@ class ForgetRetainCallback(TrainerCallback):
             hint=advice(verdict, learning_rate=args.learning_rate, stop_reason=self.stop_reason,
                         budget_used=budget_used, has_retain="retain" in self.sets),
         )
+
+
+def _checked_settings(forget_target, stop_metric: str, metrics: Sequence[str], retain_floor: float | None,
+                      has_retain: bool, eval_steps: int | None, boost_stalled_lr: bool) -> ForgetTarget | None:
+    """The callback's settings checked together; returns the parsed forget target (None: no target)."""
+    target = None
+    if forget_target is not None:
+        target = (ForgetTarget.parse(forget_target) if not isinstance(forget_target, (int, float))
+                  else ForgetTarget(stop_metric, float(forget_target)))
+        stop_metric = target.metric
+    if stop_metric not in metrics and (target is not None or retain_floor is not None):
+        raise ValueError(f"stop_metric {stop_metric!r} must be one of the metrics {list(metrics)}.")
+    if retain_floor is not None and not has_retain:
+        raise ValueError("retain_floor needs a retain_dataset to watch.")
+    if retain_floor is not None and not 0.0 <= retain_floor <= 1.0:
+        raise ValueError(f"retain_floor is a fraction of the initial retain value in [0, 1], got {retain_floor}.")
+    if eval_steps is not None and eval_steps < 1:
+        raise ValueError(f"eval_steps must be at least 1 (or None for automatic), got {eval_steps}.")
+    if boost_stalled_lr and "probability" not in metrics:
+        raise ValueError("boost_stalled_lr watches forget/probability: add 'probability' to the metrics.")
+    return target

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from transformers import AutoModelForCausalLM
 
 from .config import LuneConfig
 from .evaluation import generate_answers
 from .report import MARKDOWN_FILE, read_report
-from .synthetic import Fact, memorised_model
+from .testing.synthetic import Fact, memorised_model
 from .trainer import LuneTrainer
 
 BASE_MODEL_DIR = "base_model"
@@ -89,14 +90,15 @@ def run_demo(
                                       max_new_tokens=8)
 
     say("[2/3] Unlearning with LuneTrainer (objective 'lune': refusal targets + retain NLL, LoRA r=16)...")
+    # The backbone as saved in base_dir: the adapter then records that folder as its base (and loads onto it).
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
     trainer = LuneTrainer(
-        memorised.model,
+        base,
         demo_config(output_dir, seed=seed),
         train_dataset=forget_rows,
         retain_dataset=retain_rows,
         processing_class=memorised.tokenizer,
     )
-    trainer.base_model_id = str(base_dir.resolve())
     trainer.train()
     trainer.save_model()
     report = read_report(output_dir)

@@ -303,45 +303,67 @@ def _lora_trainer(model, shape: StepShape, output_dir: str):
                        processing_class=_placeholder_tokenizer())
 
 
-def estimate_step_memory(config, shape: StepShape | None = None, *, real: bool = False, device: str = "cpu",
-                         output_dir: str | None = None) -> MemoryEstimate:
-    """Peak memory of one training step of `config`'s architecture (a `PretrainedConfig`).
+class _Step:
+    """One training step, prepared to be measured: the model(s), the optimizer with its states, the batch.
 
-    `real=False` (default): fake tensors, any size, bytes as a CUDA device would count them.
-    `real=True`: random real weights on `device`, the peak read from its allocator (for validation): the CPU
-    allocator's profiler events, or `torch.cuda.max_memory_allocated` on a GPU.
+    `lora`: a real `LuneTrainer` around a peft model, its collator's batch and its `compute_loss`. `full` /
+    `full_reference`: bf16 weights with fp32 master copies and AdamW, NLL (or NPO against a second model) over every
+    position, as full fine-tuning runs.
     """
-    import tempfile
 
-    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+    def __init__(self, config, shape: StepShape, mode, device: str, workdir: str) -> None:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    from . import logits as logits_module
-    from . import objectives
-    from .config import CHECKPOINTING, LuneConfig
-    from .objectives import OBJECTIVES, sequence_nll
-    from .trainer import default_lora_config, wrap_with_adapter
+        from . import logits as logits_module
+        from .config import CHECKPOINTING
+        from .objectives import OBJECTIVES
 
-    shape = shape or StepShape()
-    if shape.objective not in OBJECTIVES:
-        raise ValueError(f"Unknown objective {shape.objective!r}. Valid objectives: {', '.join(OBJECTIVES)}.")
-    spec = OBJECTIVES[shape.objective]
-    dtype = getattr(torch, shape.dtype)
-    mode = None if real else FakeTensorMode(allow_non_fake_inputs=False)
-    inside = mode if mode is not None else contextlib.nullcontext()
-    tracker = _tracker_class()()
-    phases: dict[str, int] = {}
+        self.shape, self.mode, self.device = shape, mode, device
+        self.model, self.reference, self.trainer = self._models(config, shape, mode, device, workdir)
+        self.model.train()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.windows: dict[int, int] = {}  # answer windows (data-dependent): from the real labels, by fake tensor
+        self.master: list[torch.Tensor] = []
+        inside = mode if mode is not None else contextlib.nullcontext()
+        with inside:
+            if self.trainer is not None:
+                if shape.activation_checkpointing:
+                    _enable_checkpointing(self.model, getattr(self.trainer.args, f"{CHECKPOINTING}_kwargs"))
+                with unset_fake_temporarily():
+                    features = _features(shape, OBJECTIVES[shape.objective], config.vocab_size)
+                    real_batch = {k: v.to(device) for k, v in self.trainer.data_collator(features).items()}
+                self.inputs = {k: mode.from_tensor(v) for k, v in real_batch.items()} if mode else real_batch
+                for key, value in self.inputs.items():
+                    if key.endswith("_labels"):
+                        with unset_fake_temporarily():
+                            self.windows[id(value)] = logits_module.answer_window(real_batch[key])
+                self.optimizer = self.trainer.create_optimizer()
+            else:
+                if shape.activation_checkpointing:
+                    _enable_checkpointing(self.model, {"use_reentrant": False})
+                self.master = [p.detach().float() for p in self.trainable]  # fp32 master weights
+                self.optimizer = torch.optim.AdamW(self.master, lr=1e-5, foreach=True)
+                ids = torch.randint(1, config.vocab_size, (shape.batch_size, shape.max_length), device=device)
+                self.inputs = {"input_ids": ids}
+            # Steady state: AdamW creates its states at the first step and keeps them, so every later step peaks
+            # with them live. One step on zero gradients creates them before the measured step.
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = torch.zeros_like(p)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
 
-    def mark(name: str) -> None:
-        phases[name] = tracker.get_tracker_snapshot("peak").get(torch.device("cpu"), {}).get("Total", 0)
+    @staticmethod
+    def _models(config, shape: StepShape, mode, device: str, workdir: str):
+        from .config import LuneConfig
+        from .trainer import default_lora_config, wrap_with_adapter
 
-    with _gpu_accounting(fake=not real), tempfile.TemporaryDirectory() as tmp:
-        model = _build(config, dtype, mode, device)
-        reference = None
-        trainer = None
+        dtype = getattr(torch, shape.dtype)
+        model, reference, trainer = _build(config, dtype, mode, device), None, None
         if shape.method == "lora":
             if shape.activation_checkpointing:
                 model.enable_input_require_grads()
-            lora_args = LuneConfig(output_dir=tmp, lora_r=shape.lora_r, lora_alpha=shape.lora_r,
+            lora_args = LuneConfig(output_dir=workdir, lora_r=shape.lora_r, lora_alpha=shape.lora_r,
                                    lora_dropout=shape.lora_dropout)
             with torch.device("meta") if mode is not None else contextlib.nullcontext():
                 model = wrap_with_adapter(model, default_lora_config(lora_args))
@@ -351,114 +373,123 @@ def estimate_step_memory(config, shape: StepShape | None = None, *, real: bool =
         elif shape.method == "full_reference":
             reference = _build(config, dtype, mode, device).requires_grad_(False)
         if mode is not None:
-            _to_fake(model, mode)
-            if reference is not None:
-                _to_fake(reference, mode)
+            for module in (model, reference):
+                if module is not None:
+                    _to_fake(module, mode)
         if shape.method == "lora":
-            trainer = _lora_trainer(model, shape, output_dir or tmp)
-            if shape.activation_checkpointing:
-                _enable_checkpointing(model, getattr(trainer.args, f"{CHECKPOINTING}_kwargs"))
-            features = _features(shape, spec, config.vocab_size)
-            batch = {k: v.to(device) for k, v in trainer.data_collator(features).items()}
-            windows = {}  # the answer window is data-dependent: computed on the real labels, looked up when fake
+            trainer = _lora_trainer(model, shape, workdir)
+        return model, reference, trainer
 
-        elif shape.activation_checkpointing:
-            _enable_checkpointing(model, {"use_reentrant": False})
-        model.train()
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        n_total = sum(p.numel() for p in model.parameters())
-        parameters = {"total": n_total, "trainable": sum(p.numel() for p in trainable),
-                      "reference": sum(p.numel() for p in reference.parameters()) if reference is not None else 0}
+    def parameters(self) -> dict[str, int]:
+        return {"total": sum(p.numel() for p in self.model.parameters()),
+                "trainable": sum(p.numel() for p in self.trainable),
+                "reference": sum(p.numel() for p in self.reference.parameters()) if self.reference else 0}
 
-        with inside:
-            if trainer is not None:
-                optimizer = trainer.create_optimizer()
-                if mode is not None:
-                    real_batch = batch
-                    batch = {k: mode.from_tensor(v) for k, v in real_batch.items()}
-                    with unset_fake_temporarily():
-                        for key, value in batch.items():
-                            if key.endswith("_labels"):
-                                windows[id(value)] = logits_module.answer_window(real_batch[key])
-                master = None
-            else:
-                master = [p.detach().float() for p in trainable]  # fp32 master weights (mixed precision)
-                optimizer = torch.optim.AdamW(master, lr=1e-5, foreach=True)
-                ids = torch.randint(1, config.vocab_size, (shape.batch_size, shape.max_length), device=device)
-            # Steady state: AdamW creates its states at the first step and keeps them; every later step peaks
-            # with them live. One step on zero gradients creates them before the tracked step.
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.grad = torch.zeros_like(p)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            tracked = [model, optimizer, *([reference] if reference is not None else []), *(master or [])]
-            tracked += list(batch.values()) if trainer is not None else [ids]
-            tracker.track_external(*tracked)
-            states = [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
-            before = None if mode is not None else _live_bytes(
-                [*model.parameters(), *model.buffers(), *(reference.parameters() if reference is not None else []),
-                 *(master or []), *states])
+    def held(self) -> list:
+        """What lives across steps (weights, master copies, optimizer states) and the batch."""
+        states = [t for state in self.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+        weights = [*self.model.parameters(), *self.model.buffers()]
+        weights += list(self.reference.parameters()) if self.reference is not None else []
+        return [*weights, *self.master, *states]
 
-            def lora_step() -> None:
-                loss = trainer.compute_loss(model, batch)
-                mark("forward")
-                loss.backward()
-                mark("backward")
-                optimizer.step()
-                mark("optimizer")
-                optimizer.zero_grad(set_to_none=True)
+    def run(self, mark: Callable[[str], None], tag_grad: Callable[[torch.Tensor], None]) -> None:
+        if self.trainer is not None:
+            loss = self.trainer.compute_loss(self.model, self.inputs)
+        else:
+            loss = self._full_loss(mark)
+        mark("forward")
+        loss.backward()
+        mark("backward")
+        masters = list(zip(self.master, self.trainable, strict=True)) if self.master else []
+        for m, p in masters:  # full fine-tuning: gradients to the fp32 master copies
+            m.grad = p.grad.float()
+            p.grad = None
+            tag_grad(m.grad)
+        self.optimizer.step()
+        with torch.no_grad():
+            for m, p in masters:
+                p.copy_(m)
+        mark("optimizer")
+        self.optimizer.zero_grad(set_to_none=True)
 
-            def full_step() -> None:
-                def nll(m) -> torch.Tensor:
-                    out = m(input_ids=ids, use_cache=False)
-                    return sequence_nll(out.logits[:, :-1], ids[:, 1:])[0]
+    def _full_loss(self, mark: Callable[[str], None]) -> torch.Tensor:
+        from .objectives import npo, sequence_nll
 
-                if reference is not None:
-                    with torch.no_grad():
-                        ref_nll = nll(reference)
-                    mark("reference")
-                    from .objectives import npo
+        ids = self.inputs["input_ids"]
 
-                    loss = npo(nll(model), ref_nll, 0.1)
-                else:
-                    loss = nll(model).mean()
-                mark("forward")
-                loss.backward()
-                mark("backward")
-                for m, p in zip(master, trainable, strict=True):
-                    m.grad = p.grad.float()
-                    p.grad = None
-                    tracker.tag_grad(m.grad)
-                optimizer.step()
-                with torch.no_grad():
-                    for m, p in zip(master, trainable, strict=True):
-                        p.copy_(m)
-                mark("optimizer")
-                optimizer.zero_grad(set_to_none=True)
+        def nll(m) -> torch.Tensor:
+            return sequence_nll(m(input_ids=ids, use_cache=False).logits[:, :-1], ids[:, 1:])[0]
 
-            step = lora_step if trainer is not None else full_step
+        if self.reference is None:
+            return nll(self.model).mean()
+        with torch.no_grad():
+            ref_nll = nll(self.reference)
+        mark("reference")
+        return npo(nll(self.model), ref_nll, 0.1)
 
-            @contextlib.contextmanager
-            def patched() -> Iterator[None]:
-                """Stand-ins for what a fake tensor cannot do: read values (the loss's finiteness, the answer window,
-                boolean selections of answer positions). Every position of these synthetic answers is an answer
-                position, so a selection is a reshape with the same output size. The finiteness check (a host read
-                and a host copy of the adapter) is left out of real runs too: it holds no device memory."""
-                saved = objectives.token_logprobs, logits_module.answer_window
-                if mode is not None:
-                    objectives.token_logprobs = _all_answer_logprobs
-                    logits_module.answer_window = lambda labels: windows[id(labels)]
-                if trainer is not None:
-                    trainer._guard_finite = lambda model, loss: None
-                try:
-                    yield
-                finally:
-                    objectives.token_logprobs, logits_module.answer_window = saved
+    @contextlib.contextmanager
+    def stand_ins(self) -> Iterator[None]:
+        """Stand-ins for what a fake tensor cannot do: read values (the answer window, boolean selections of answer
+        positions; every position of these synthetic answers is an answer position, so a selection is a reshape of
+        the same size). The trainer's finiteness check (a host read and a host copy of the adapter) is left out of
+        real runs too: it holds no device memory."""
+        from . import logits as logits_module
+        from . import objectives
+
+        saved = objectives.token_logprobs, logits_module.answer_window
+        if self.mode is not None:
+            objectives.token_logprobs = _all_answer_logprobs
+            logits_module.answer_window = lambda labels: self.windows[id(labels)]
+        if self.trainer is not None:
+            self.trainer._guard_finite = lambda model, loss: None
+        try:
+            yield
+        finally:
+            objectives.token_logprobs, logits_module.answer_window = saved
+
+
+def estimate_step_memory(config, shape: StepShape | None = None, *, real: bool = False,
+                         device: str = "cpu") -> MemoryEstimate:
+    """Peak memory of one training step of `config`'s architecture (a `PretrainedConfig`).
+
+    Args:
+        config: the model's config (`AutoConfig.from_pretrained(id)`); no weights are read.
+        shape: batch, lengths, objective and memory settings (default: `StepShape()`, LuneTrainer's defaults).
+        real: False (default): fake tensors, any size, bytes counted as a CUDA device does. True: random real
+            weights on `device`, the peak read from its allocator (the CPU allocator's profiler events, or
+            `torch.cuda.max_memory_allocated`): the validation of the estimate, for small models.
+
+    Example:
+        >>> from transformers import AutoConfig
+        >>> estimate = estimate_step_memory(AutoConfig.from_pretrained("meta-llama/Llama-3.1-8B"))  # doctest: +SKIP
+        >>> estimate.fits(24)  # doctest: +SKIP
+        True
+    """
+    import tempfile
+
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+
+    from .objectives import OBJECTIVES
+
+    shape = shape or StepShape()
+    if shape.objective not in OBJECTIVES:
+        raise ValueError(f"Unknown objective {shape.objective!r}. Valid objectives: {', '.join(OBJECTIVES)}.")
+    mode = None if real else FakeTensorMode()
+    tracker = _tracker_class()()
+    phases: dict[str, int] = {}
+
+    def mark(name: str) -> None:
+        phases[name] = tracker.get_tracker_snapshot("peak").get(torch.device("cpu"), {}).get("Total", 0)
+
+    with _gpu_accounting(fake=not real), tempfile.TemporaryDirectory() as workdir:
+        step = _Step(config, shape, mode, device, workdir)
+        with mode if mode is not None else contextlib.nullcontext():
+            tracker.track_external(step.model, step.optimizer, *step.held(), *step.inputs.values())
+            held = _live_bytes(step.held()) if real else 0
 
             def run() -> None:
-                with tracker, patched():
-                    step()
+                with tracker, step.stand_ins():
+                    step.run(mark, tracker.tag_grad)
 
             allocator = None
             if real and device.startswith("cuda"):
@@ -469,17 +500,15 @@ def estimate_step_memory(config, shape: StepShape | None = None, *, real: bool =
                 allocator = torch.cuda.max_memory_allocated()  # everything live, like the estimate
             elif real:
                 with unset_fake_temporarily():
-                    allocator = _cpu_allocator_peak(run) + before
+                    allocator = _cpu_allocator_peak(run) + held
             else:
                 run()
-        snap = tracker.get_tracker_snapshot("peak")
-        categories = snap.get(torch.device("cpu"), {})
-        breakdown = {str(getattr(k, "value", k)): int(v) for k, v in categories.items() if str(k) != "Total"}
-        peak = int(categories.get("Total", 0))
-        extra = {"phases": phases}
-        if allocator is not None:
-            extra["allocator_peak_bytes"] = int(allocator)
-            extra["tracker_peak_bytes"] = peak
-            peak = int(allocator)
-    return MemoryEstimate(shape=shape, peak_bytes=peak, breakdown=breakdown, parameters=parameters, real=real,
+    categories = tracker.get_tracker_snapshot("peak").get(torch.device("cpu"), {})
+    breakdown = {str(getattr(k, "value", k)): int(v) for k, v in categories.items() if str(k) != "Total"}
+    peak = int(categories.get("Total", 0))
+    extra: dict[str, Any] = {"phases": phases}
+    if allocator is not None:
+        extra |= {"allocator_peak_bytes": int(allocator), "tracker_peak_bytes": peak}
+        peak = int(allocator)
+    return MemoryEstimate(shape=shape, peak_bytes=peak, breakdown=breakdown, parameters=step.parameters(), real=real,
                           extra=extra)

@@ -11,7 +11,9 @@ unlearning (with LoRA: the same weights with the adapter disabled).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -146,9 +148,42 @@ def kl_divergence(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.
 # --------------------------------------------------------------------------------------------------
 
 
+class ForgetBatch:
+    """What a forget loss may read from one batch, each computed on first use (a loss that never asks for the
+    reference never pays its forward pass).
+
+    `answer()` / `replacement()`: (logits, labels, summed NLL [B], answer tokens [B]) of the original and the
+    replacement answers under the trained model; `reference_answer()` / `reference_replacement()`: the summed NLL
+    [B] under the reference (the adapter switched off, or `ref_model`).
+    """
+
+    def __init__(self, stats: Callable[[str], tuple], reference_nll: Callable[[str], torch.Tensor],
+                 answer_prefix: str = "forget", replacement_prefix: str = "replacement") -> None:
+        self._stats, self._reference, self._cache = stats, reference_nll, {}
+        self._answer, self._replacement = answer_prefix, replacement_prefix
+
+    def _get(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def answer(self) -> tuple:
+        return self._get("answer", lambda: self._stats(self._answer))
+
+    def replacement(self) -> tuple:
+        return self._get("replacement", lambda: self._stats(self._replacement))
+
+    def reference_answer(self) -> torch.Tensor:
+        return self._get("reference_answer", lambda: self._reference(self._answer))
+
+    def reference_replacement(self) -> torch.Tensor:
+        return self._get("reference_replacement", lambda: self._reference(self._replacement))
+
+
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """What an objective needs from the data and the model."""
+    """An objective: its loss on a [`ForgetBatch`], what it needs from the data and the model, and the settings the
+    TOFU recipes use for it. Adding an objective = one entry here (and its hand-computed test)."""
 
     name: str
     formula: str
@@ -157,7 +192,16 @@ class ObjectiveSpec:
     uses_replacement: bool  # the negative / replacement answer
     needs_reference: bool  # log-probs of the model before unlearning
     needs_retain: bool  # refuses to run without retain data
+    loss: Callable[[ForgetBatch, Any], torch.Tensor]  # (batch, LuneConfig) -> the forget term
     refusal_only: bool = False  # ignores the user's replacement column, always answers with a refusal
+    recommended: Mapping[str, Any] = field(default_factory=dict)  # TOFU recipe settings (benchmarks, recipes)
+
+
+def _lune_loss(b: ForgetBatch, args) -> torch.Tensor:
+    _, _, nll_r, n_r = b.replacement()
+    if args.negative_weight > 0:
+        return lune(nll_r, n_r, b.answer()[2], b.reference_answer(), args.beta, args.negative_weight)
+    return lune(nll_r, n_r)
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
@@ -170,6 +214,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             uses_answer=False,
             uses_replacement=True,
             needs_reference=False,
+            loss=_lune_loss,
+            recommended={"learning_rate": 2e-4, "retain": True},
             needs_retain=False,
         ),
         ObjectiveSpec(
@@ -179,6 +225,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             uses_answer=True,
             uses_replacement=False,
             needs_reference=False,
+            loss=lambda b, args: gradient_ascent(*b.answer()[2:]),
+            recommended={"learning_rate": 1e-4, "retain": False},
             needs_retain=False,
         ),
         ObjectiveSpec(
@@ -188,6 +236,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             uses_answer=True,
             uses_replacement=False,
             needs_reference=False,
+            loss=lambda b, args: gradient_ascent(*b.answer()[2:]),
+            recommended={"learning_rate": 1e-4, "retain": True},
             needs_retain=True,
         ),
         ObjectiveSpec(
@@ -197,6 +247,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             uses_answer=True,
             uses_replacement=False,
             needs_reference=True,
+            loss=lambda b, args: npo(b.answer()[2], b.reference_answer(), args.beta),
+            recommended={"learning_rate": 2e-4, "retain": True, "beta": 0.1},
             needs_retain=False,
         ),
         ObjectiveSpec(
@@ -206,6 +258,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             uses_answer=True,
             uses_replacement=False,
             needs_reference=False,
+            loss=lambda b, args: simnpo(*b.answer()[2:], args.beta, args.delta),
+            recommended={"learning_rate": 2e-4, "retain": True, "beta": 2.5, "delta": 0.0},
             needs_retain=False,
         ),
         ObjectiveSpec(
@@ -215,6 +269,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             uses_answer=False,
             uses_replacement=True,
             needs_reference=False,
+            loss=lambda b, args: nll(*b.replacement()[2:]),
+            recommended={"learning_rate": 2e-4, "retain": True},
             needs_retain=False,
             refusal_only=True,
         ),
@@ -225,6 +281,9 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             uses_answer=True,
             uses_replacement=True,
             needs_reference=True,
+            loss=lambda b, args: dpo(b.replacement()[2], b.answer()[2], b.reference_replacement(),
+                                      b.reference_answer(), args.beta),
+            recommended={"learning_rate": 2e-4, "retain": True, "beta": 0.1},
             needs_retain=False,
         ),
         ObjectiveSpec(
@@ -234,6 +293,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             uses_answer=True,
             uses_replacement=False,
             needs_reference=False,
+            loss=lambda b, args: inverted_hinge(*b.answer()[:2]),
+            recommended={"learning_rate": 2e-4, "retain": True},
             needs_retain=False,
         ),
     ]

@@ -119,20 +119,30 @@ def base_config_summary(model) -> dict[str, Any]:
     return {key: getattr(config, key, None) for key in BASE_CONFIG_KEYS} if config is not None else {}
 
 
-def build_run_report(trainer) -> dict[str, Any]:
-    """Everything the model card needs about a `LuneTrainer` run."""
-    from . import __version__
+def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_step: int, budget_steps: int,
+                     base_model_id: str | None, forget_rows, retain_rows=None, status: RunStatus = RunStatus.COMPLETED,
+                     status_detail: str = "", outcome=None, stop_reason: str | None = None,
+                     distributed_type: str = "NO") -> dict[str, Any]:
+    """Everything the model card needs about a `LuneTrainer` run, from explicit values.
+
+    Args:
+        args: the run's `LuneConfig`.
+        model: the trained model, unwrapped (a `PeftModel` for adapter runs).
+        log_history / global_step / budget_steps: the Trainer state's log, steps taken and step budget.
+        base_model_id: where the backbone came from (Hub id or absolute folder).
+        forget_rows / retain_rows: the datasets trained on (their row counts and fingerprints are recorded).
+        status / status_detail: completed or failed, and why.
+        outcome: the trainer's `Outcome` (before/after checks, verdict), if it measured one.
+        stop_reason: why training stopped early, when a callback stopped it.
+        distributed_type: accelerate's distributed type (NO, MULTI_GPU, FSDP, DEEPSPEED, ...).
+    """
+    from ._version import __version__
     from .data import fingerprint
 
-    args = trainer.args
     spec = args.spec
-    history = evaluation_history(trainer.state.log_history)
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    history = evaluation_history(log_history)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
-    status = getattr(trainer, "run_status", RunStatus.COMPLETED)
-    stop_reasons = [cb.stop_reason for cb in trainer.callback_handler.callbacks if getattr(cb, "stop_reason", None)]
-    outcome = getattr(trainer, "outcome", None)
     # The outcome's "after" is what the saved adapter measured (the best check, when one was restored).
     evaluation = {"history": history, **before_after(history)}
     if outcome is not None:
@@ -141,19 +151,19 @@ def build_run_report(trainer) -> dict[str, Any]:
         "format": "lune-hf/unlearning-report/1",
         "lune_hf_version": __version__,
         "status": RunStatus(status).value,
-        "status_detail": getattr(trainer, "run_status_detail", ""),
-        "base_model": trainer.base_model_id,
+        "status_detail": status_detail,
+        "base_model": base_model_id,
         "objective": {"name": spec.name, "formula": spec.formula, "summary": spec.summary},
         "hyperparameters": {
             "learning_rate": args.learning_rate,
             "num_train_epochs": args.num_train_epochs,
             "max_steps": args.max_steps,
-            "budget_steps": trainer.state.max_steps,
+            "budget_steps": budget_steps,
             "min_budget_steps": args.min_budget_steps,
             "per_device_train_batch_size": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "world_size": args.world_size,
-            "distributed_type": str(getattr(trainer.accelerator.distributed_type, "value", "NO")),
+            "distributed_type": distributed_type,
             "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
             "warmup_steps": args.warmup_steps,
             "beta": args.beta,
@@ -161,7 +171,7 @@ def build_run_report(trainer) -> dict[str, Any]:
             "forget_weight": args.forget_weight,
             "negative_weight": args.negative_weight,
             "retain_weight": args.retain_weight,
-            "retain_loss": args.retain_loss if trainer.retain_dataset is not None else "none",
+            "retain_loss": args.retain_loss if retain_rows is not None else "none",
             "max_length": args.max_length,
             "stop_when_forgotten": args.stop_when_forgotten,
             "forget_target": str(args.forget_target),
@@ -171,19 +181,19 @@ def build_run_report(trainer) -> dict[str, Any]:
         },
         "parameters": {"trainable": n_trainable, "total": n_total},
         "base_config": base_config_summary(model),
-        "global_step": trainer.state.global_step,
-        "stop_reason": outcome.stop_reason if outcome is not None else (stop_reasons[0] if stop_reasons else None),
+        "global_step": global_step,
+        "stop_reason": outcome.stop_reason if outcome is not None else stop_reason,
         "outcome": outcome.as_dict() if outcome is not None else None,
-        "forget_set": {"rows": len(trainer.forget_dataset), "sha256": fingerprint(trainer.forget_dataset)},
+        "forget_set": {"rows": len(forget_rows), "sha256": fingerprint(forget_rows)},
         "retain_set": (
-            {"rows": len(trainer.retain_dataset), "sha256": fingerprint(trainer.retain_dataset)}
-            if trainer.retain_dataset is not None
+            {"rows": len(retain_rows), "sha256": fingerprint(retain_rows)}
+            if retain_rows is not None
             else None
         ),
         "evaluation": evaluation,
         "train_log": [
             {k: v for k, v in entry.items() if isinstance(v, (int, float))}
-            for entry in trainer.state.log_history
+            for entry in log_history
             if "loss" in entry or "train_loss" in entry
         ],
     }

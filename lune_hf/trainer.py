@@ -122,21 +122,10 @@ class LuneTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         model_id = model if isinstance(model, str) else None
-        ignored: list[str] = []
-        if args is None:
-            name = (model_id or type(model).__name__).rstrip("/").split("/")[-1]
-            args = LuneConfig(output_dir=f"{name}-lune")
-        elif not isinstance(args, LuneConfig):
-            given = args
-            args = _to_lune_config(given)
-            ignored += _ignored_fields(given)
-            text_field = getattr(given, "dataset_text_field", "text")
-            train_dataset, retain_dataset, eval_dataset = (
-                _as_text_column(d, text_field) for d in (train_dataset, retain_dataset, eval_dataset))
-        if formatting_func is not None:
-            train_dataset, retain_dataset, eval_dataset = (
-                _formatted(d, formatting_func) for d in (train_dataset, retain_dataset, eval_dataset))
-        spec = args.spec
+        args, (train_dataset, retain_dataset, eval_dataset) = _drop_in_arguments(
+            model_id or type(model).__name__, args, (train_dataset, retain_dataset, eval_dataset), formatting_func,
+            data_collator=data_collator, compute_loss_func=compute_loss_func, quantization_config=quantization_config,
+            model_given=model_id is None, **kwargs)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and args.world_size == 1:
             raise RuntimeError(
@@ -144,94 +133,12 @@ class LuneTrainer(Trainer):
                 "copies: on a machine without GPUs set `use_cpu=True` (`--use_cpu true` on the command line) so the "
                 "processes join over gloo."
             )
-
-        if data_collator is not None:
-            ignored.append(f"data_collator ({type(data_collator).__name__}: LuneTrainer pads forget, replacement and "
-                           "retain rows in their own groups; tokenised rows without labels are labelled as "
-                           "DataCollatorForLanguageModeling does)")
-        if compute_loss_func is not None:
-            ignored.append("compute_loss_func (the loss is the unlearning objective)")
-        for name in ("compute_metrics", "preprocess_logits_for_metrics"):
-            if kwargs.get(name) is not None:
-                ignored.append(f"{name} (evaluation reports losses; forget / retain metrics come from the checks "
-                               "and ForgetRetainCallback)")
-        if quantization_config is not None:
-            if model_id is None:
-                ignored.append("quantization_config (the model is already loaded)")
-            else:
-                args.model_init_kwargs = {**(args.model_init_kwargs or {}), "quantization_config": quantization_config}
-        if ignored:
-            logger.warning("LuneTrainer does not use: %s.", "; ".join(ignored))
-
-        # ---- data checks first: nothing is loaded or trained on bad input ----
-        if train_dataset is None:
-            raise ValueError("LuneTrainer needs a forget set: pass it as `train_dataset`.")
-        validate_columns(train_dataset, "forget")
-        if retain_dataset is not None:
-            validate_columns(retain_dataset, "retain")
-        for name, rows in (eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}).items():
-            if rows is not None:
-                validate_columns(rows, f"eval_dataset[{name!r}]" if name != "eval" else "eval_dataset")
-        if spec.needs_retain and retain_dataset is None:
-            raise ValueError(f"The objective {args.objective!r} needs a retain set: pass `retain_dataset`.")
-
-        # ---- model and tokenizer ----
-        if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
-        if processing_class is None:
-            source = model_id or getattr(model.config, "_name_or_path", None)
-            if not source:
-                raise ValueError("The model was built from a config: pass its tokenizer as `processing_class`.")
-            processing_class = AutoTokenizer.from_pretrained(source)
-        ensure_pad_token(processing_class)
-        if getattr(model.config, "pad_token_id", None) is None:
-            model.config.pad_token_id = processing_class.pad_token_id
-
-        checkpointing = bool(getattr(args, CHECKPOINTING))
-        if not isinstance(model, PeftModel):
-            if checkpointing:
-                model.enable_input_require_grads()  # frozen embeddings: the checkpointed layers need a grad input
-            # Seeded adapter init: the same on every rank (ZeRO-3 / FSDP shard it without a broadcast from rank 0)
-            # and the same whatever the launcher or number of processes.
-            set_seed(args.seed)
-            model = wrap_with_adapter(model, peft_config or default_lora_config(args))
-        if checkpointing and getattr(args, f"{CHECKPOINTING}_kwargs") is None:
-            setattr(args, f"{CHECKPOINTING}_kwargs", {"use_reentrant": False})
-        if spec.needs_reference or args.retain_loss == "kl":
-            if ref_model is None and not isinstance(model, PeftModel):
-                raise ValueError(f"{args.objective!r} needs a reference: train with LoRA or pass `ref_model`.")
+        _check_data(args, train_dataset, retain_dataset, eval_dataset)  # before any model loads
+        model, processing_class = _model_and_tokenizer(model, processing_class, args, peft_config, ref_model)
         self.ref_model = ref_model
         self.base_model_id = _base_model_id(model, model_id)
-
-        # ---- tokenise ----
-        refusals = args.refusals or default_refusals()
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
-
-        def prepare(rows: Dataset, retain: Dataset | None, name: str = "forget") -> UnlearningDataset:
-            return build_unlearning_dataset(
-                rows,
-                processing_class,
-                max_length=args.max_length,
-                uses_answer=spec.uses_answer,
-                uses_replacement=spec.uses_replacement,
-                refusals=refusals,
-                replacement_column=None if spec.refusal_only else args.replacement_column,
-                retain=retain if args.retain_loss != "none" else None,
-                seed=args.seed,
-                text_prefix_tokens=args.text_prefix_tokens,
-                forget_name=name,
-            )
-
-        def validation(rows: Dataset, name: str) -> UnlearningDataset:
-            return UnlearningDataset(tokenize_retain(rows, processing_class, args.max_length, name), None)
-
-        train_tokens = prepare(train_dataset, retain_dataset)
-        _warn_prompt_less_rows(train_dataset)
-        if isinstance(eval_dataset, dict):
-            eval_tokens = {k: prepare(v, None, "eval_dataset['forget']") if k == "forget"
-                           else validation(v, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
-        else:
-            eval_tokens = validation(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+        train_tokens, eval_tokens = _tokenised(args, processing_class, train_dataset, retain_dataset, eval_dataset)
 
         super().__init__(
             model=model,
@@ -251,6 +158,7 @@ class LuneTrainer(Trainer):
         self._last_good: dict[str, torch.Tensor] | None = None
         self._last_good_step = 0
         self.run_status = RunStatus.NOT_STARTED
+        self.run_status_detail = ""
         self.add_callback(_RetainPairingCallback(train_tokens))
         self.forget_check = self._forget_check(args, train_dataset, retain_dataset, processing_class)
         self.outcome: Outcome | None = None
@@ -356,36 +264,14 @@ class LuneTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def _forget_loss(self, inputs, answer_stats, reference_nll, logged) -> torch.Tensor:
-        """The objective's forget term on a batch of forget rows."""
-        args: LuneConfig = self.args
-        spec = args.spec
-        if spec.uses_answer:
-            logits_f, labels_f, nll_f, n_f = answer_stats(FORGET_PREFIX)
+        """The objective's forget term on a batch of forget rows: its registry entry's loss."""
+        spec = self.args.spec
+        batch = obj.ForgetBatch(answer_stats, reference_nll, FORGET_PREFIX, REPLACEMENT_PREFIX)
+        if spec.uses_answer:  # the answer's forward first, then the replacement's (a fixed order of dropout draws)
+            batch.answer()
         if spec.uses_replacement:
-            _, _, nll_r, n_r = answer_stats(REPLACEMENT_PREFIX)
-
-        name = args.objective
-        if name == "lune":
-            negative = args.negative_weight > 0
-            forget_loss = obj.lune(nll_r, n_r, nll_f if negative else None,
-                                   reference_nll(FORGET_PREFIX) if negative else None, args.beta,
-                                   args.negative_weight)
-        elif name == "idk_nll":
-            forget_loss = obj.nll(nll_r, n_r)
-        elif name in ("ga", "graddiff"):
-            forget_loss = obj.gradient_ascent(nll_f, n_f)
-        elif name == "npo":
-            forget_loss = obj.npo(nll_f, reference_nll(FORGET_PREFIX), args.beta)
-        elif name == "simnpo":
-            forget_loss = obj.simnpo(nll_f, n_f, args.beta, args.delta)
-        elif name == "idk_dpo":
-            forget_loss = obj.dpo(
-                nll_r, nll_f, reference_nll(REPLACEMENT_PREFIX), reference_nll(FORGET_PREFIX), args.beta
-            )
-        elif name == "ihl":
-            forget_loss = obj.inverted_hinge(logits_f, labels_f)
-        else:  # pragma: no cover - LuneConfig validates the name
-            raise ValueError(name)
+            batch.replacement()
+        forget_loss = spec.loss(batch, self.args)
         logged["loss/forget"] = forget_loss.detach()
         return forget_loss
 
@@ -542,6 +428,17 @@ class LuneTrainer(Trainer):
             )
         self._claimed = True
 
+    def _run_report(self) -> dict[str, Any]:
+        """The report of this run (`report.build_run_report` from this trainer's values)."""
+        stop_reasons = [cb.stop_reason for cb in self.callback_handler.callbacks if getattr(cb, "stop_reason", None)]
+        return build_run_report(
+            args=self.args, model=self.accelerator.unwrap_model(self.model), log_history=self.state.log_history,
+            global_step=self.state.global_step, budget_steps=self.state.max_steps, base_model_id=self.base_model_id,
+            forget_rows=self.forget_dataset, retain_rows=self.retain_dataset, status=self.run_status,
+            status_detail=self.run_status_detail, outcome=self.outcome, stop_reason=next(iter(stop_reasons), None),
+            distributed_type=str(getattr(self.accelerator.distributed_type, "value", "NO")),
+        )
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save adapter and tokenizer, then the unlearning report (written last: a report means a complete folder).
 
@@ -558,7 +455,7 @@ class LuneTrainer(Trainer):
         finally:
             self.args.hub_token = token
         if self.is_world_process_zero():
-            report = build_run_report(self)
+            report = self._run_report()
             write_report_files(output_dir, report)
             written = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
                        and before.get(p.name) != p.stat().st_mtime_ns]
@@ -685,6 +582,114 @@ def _warn_prompt_less_rows(rows: Dataset) -> None:
         logger.warning("%d of %d tokenised forget rows have no prompt (their first token is labelled, as run_clm "
                        "labels a text): they are treated as raw text, the first `text_prefix_tokens` tokens as the "
                        "prompt and the rest as the continuation to forget.", n, len(rows))
+
+
+def _drop_in_arguments(name: str, args, datasets: tuple, formatting_func, *, data_collator, compute_loss_func,
+                       quantization_config, model_given: bool, **kwargs) -> tuple[LuneConfig, tuple]:
+    """What a Trainer / SFTTrainer script passes, made into LuneTrainer's inputs: a `LuneConfig` (from
+    `TrainingArguments` / `SFTConfig`, or a default one), the datasets in a text or formatted form, and one
+    warning that names every argument LuneTrainer does not use."""
+    ignored: list[str] = []
+    if args is None:
+        args = LuneConfig(output_dir=f"{name.rstrip('/').split('/')[-1]}-lune")
+    elif not isinstance(args, LuneConfig):
+        given = args
+        args = _to_lune_config(given)
+        ignored += _ignored_fields(given)
+        text_field = getattr(given, "dataset_text_field", "text")
+        datasets = tuple(_as_text_column(d, text_field) for d in datasets)
+    if formatting_func is not None:
+        datasets = tuple(_formatted(d, formatting_func) for d in datasets)
+    if data_collator is not None:
+        ignored.append(f"data_collator ({type(data_collator).__name__}: LuneTrainer pads forget, replacement and "
+                       "retain rows in their own groups; tokenised rows without labels are labelled as "
+                       "DataCollatorForLanguageModeling does)")
+    if compute_loss_func is not None:
+        ignored.append("compute_loss_func (the loss is the unlearning objective)")
+    for key in ("compute_metrics", "preprocess_logits_for_metrics"):
+        if kwargs.get(key) is not None:
+            ignored.append(f"{key} (evaluation reports losses; forget / retain metrics come from the checks "
+                           "and ForgetRetainCallback)")
+    if quantization_config is not None:
+        if model_given:
+            ignored.append("quantization_config (the model is already loaded)")
+        else:
+            args.model_init_kwargs = {**(args.model_init_kwargs or {}), "quantization_config": quantization_config}
+    if ignored:
+        logger.warning("LuneTrainer does not use: %s.", "; ".join(ignored))
+    return args, datasets
+
+
+def _check_data(args: LuneConfig, train_dataset, retain_dataset, eval_dataset) -> None:
+    """Every set's columns and types, and the objective's needs: nothing is loaded or trained on bad input."""
+    if train_dataset is None:
+        raise ValueError("LuneTrainer needs a forget set: pass it as `train_dataset`.")
+    validate_columns(train_dataset, "forget")
+    if retain_dataset is not None:
+        validate_columns(retain_dataset, "retain")
+    for name, rows in (eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}).items():
+        if rows is not None:
+            validate_columns(rows, f"eval_dataset[{name!r}]" if name != "eval" else "eval_dataset")
+    if args.spec.needs_retain and retain_dataset is None:
+        raise ValueError(f"The objective {args.objective!r} needs a retain set: pass `retain_dataset`.")
+
+
+def _model_and_tokenizer(model, processing_class, args: LuneConfig, peft_config, ref_model):
+    """The model (loaded if an id, wrapped with the seeded adapter unless already a `PeftModel`) and its tokenizer
+    (with a pad token)."""
+    model_id = model if isinstance(model, str) else None
+    if model_id is not None:
+        model = AutoModelForCausalLM.from_pretrained(model_id, **(args.model_init_kwargs or {}))
+    if processing_class is None:
+        source = model_id or getattr(model.config, "_name_or_path", None)
+        if not source:
+            raise ValueError("The model was built from a config: pass its tokenizer as `processing_class`.")
+        processing_class = AutoTokenizer.from_pretrained(source)
+    ensure_pad_token(processing_class)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = processing_class.pad_token_id
+
+    checkpointing = bool(getattr(args, CHECKPOINTING))
+    if not isinstance(model, PeftModel):
+        if checkpointing:
+            model.enable_input_require_grads()  # frozen embeddings: the checkpointed layers need a grad input
+        # Seeded adapter init: the same on every rank (ZeRO-3 / FSDP shard it without a broadcast from rank 0)
+        # and the same whatever the launcher or number of processes.
+        set_seed(args.seed)
+        model = wrap_with_adapter(model, peft_config or default_lora_config(args))
+    if checkpointing and getattr(args, f"{CHECKPOINTING}_kwargs") is None:
+        setattr(args, f"{CHECKPOINTING}_kwargs", {"use_reentrant": False})
+    if (args.spec.needs_reference or args.retain_loss == "kl") and ref_model is None \
+            and not isinstance(model, PeftModel):
+        raise ValueError(f"{args.objective!r} needs a reference: train with LoRA or pass `ref_model`.")
+    return model, processing_class
+
+
+def _tokenised(args: LuneConfig, tokenizer, train_dataset, retain_dataset, eval_dataset):
+    """The forget set paired with retain rows, and the evaluation set(s), tokenised for the collator."""
+    spec = args.spec
+    refusals = args.refusals or default_refusals()
+
+    def prepare(rows: Dataset, retain: Dataset | None, name: str = "forget") -> UnlearningDataset:
+        return build_unlearning_dataset(
+            rows, tokenizer, max_length=args.max_length, uses_answer=spec.uses_answer,
+            uses_replacement=spec.uses_replacement, refusals=refusals,
+            replacement_column=None if spec.refusal_only else args.replacement_column,
+            retain=retain if args.retain_loss != "none" else None, seed=args.seed,
+            text_prefix_tokens=args.text_prefix_tokens, forget_name=name,
+        )
+
+    def validation(rows: Dataset, name: str) -> UnlearningDataset:
+        return UnlearningDataset(tokenize_retain(rows, tokenizer, args.max_length, name), None)
+
+    train_tokens = prepare(train_dataset, retain_dataset)
+    _warn_prompt_less_rows(train_dataset)
+    if isinstance(eval_dataset, dict):
+        eval_tokens = {k: prepare(v, None, "eval_dataset['forget']") if k == "forget"
+                       else validation(v, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
+    else:
+        eval_tokens = validation(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+    return train_tokens, eval_tokens
 
 
 def _base_model_id(model, model_id: str | None) -> str | None:

@@ -19,7 +19,7 @@ from fixtures_hub import fake_hub, hub_no_retry_sleep  # noqa: E402, F401
 from transformers import TrainerCallback  # noqa: E402
 
 from lune_hf.demo import split_facts  # noqa: E402
-from lune_hf.synthetic import build_tiny_model, build_tokenizer, make_facts, memorised_model  # noqa: E402
+from lune_hf.testing.synthetic import build_tiny_model, build_tokenizer, make_facts, memorised_model  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -8,7 +8,7 @@ from datasets import Dataset
 
 from lune_hf import LuneConfig, LuneTrainer
 from lune_hf.data import UnlearningCollator, build_unlearning_dataset, default_refusals, load_rows
-from lune_hf.synthetic import build_tokenizer
+from lune_hf.testing.synthetic import build_tokenizer
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<bos> {{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}"

@@ -24,7 +24,7 @@ from lune_hf.data import DEFAULT_TEXT_PREFIX_TOKENS, RETAIN_PREFIX, build_unlear
 from lune_hf.evaluator import Evaluator
 from lune_hf.outcome import Verdict
 from lune_hf.report import read_report
-from lune_hf.synthetic import build_tiny_model, memorise
+from lune_hf.testing.synthetic import build_tiny_model, memorise
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from lune_hf import LuneConfig, LuneTrainer
 from lune_hf.callbacks import ForgetRetainCallback
 from lune_hf.hub import AdapterMismatchError, PublishError, load_unlearned, publish
 from lune_hf.report import REPORT_FILE, read_report
-from lune_hf.synthetic import build_tiny_model
+from lune_hf.testing.synthetic import build_tiny_model
 
 BASE_ID = "org/tiny-base"
 PUBLISHED = {"adapter_model.safetensors", "adapter_config.json", "README.md", REPORT_FILE, "unlearning_curves.png"}

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lune_hf import models
-from lune_hf.models import (
+from lune_hf.testing import smollm2 as models
+from lune_hf.testing.smollm2 import (
     COMPLETE_MARKER,
     PIP_COMMAND,
     MissingModelDependencyError,
@@ -104,7 +104,7 @@ def test_incomplete_folder_is_not_used(monkeypatch, tmp_path):
 
 
 def test_refuses_to_build_inside_the_checkout():
-    repo = models.Path(models.__file__).resolve().parent.parent
+    repo = models.Path(models.__file__).resolve().parents[2]
     if not (repo / "pyproject.toml").is_file():
         pytest.skip("installed package, no source checkout")
     with pytest.raises(ValueError, match="inside the lune-hf source checkout"):

@@ -113,7 +113,7 @@ def test_2_publish_uploads_exactly_the_files_this_run_wrote(tiny, tiny_model, tm
 @pytest.fixture(scope="module")
 def finished(tiny, tmp_path_factory):
     """A finished run's folder; its base model saved beside it (`../base`)."""
-    from lune_hf.synthetic import build_tiny_model
+    from lune_hf.testing.synthetic import build_tiny_model
 
     facts, tok = tiny
     root = tmp_path_factory.mktemp("finished")

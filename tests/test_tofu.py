@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from lune_hf.synthetic import build_tiny_model, build_tokenizer
-from lune_hf.tofu import (
+from lune_hf.testing.synthetic import build_tiny_model, build_tokenizer
+from lune_hf.tofu.data import (
     author_subset,
     first_author,
     forget_authors,
@@ -24,7 +24,7 @@ from lune_hf.tofu import (
     tofu_sets,
     with_authors,
 )
-from lune_hf.tofu_eval import evaluate_tofu, normalised_probability, score_pairs
+from lune_hf.tofu.evaluate import evaluate_tofu, normalised_probability, score_pairs
 
 SAMPLE = Path(__file__).parent / "data" / "tofu_sample.json"
 REPO = Path(__file__).resolve().parent.parent

@@ -222,7 +222,7 @@ def test_reference_is_the_disabled_adapter_not_a_second_model(objective, tiny, t
 
 def test_gradient_accumulation_matches_large_batch(tiny, tmp_path):
     facts, tok = tiny
-    from lune_hf.synthetic import build_tiny_model
+    from lune_hf.testing.synthetic import build_tiny_model
 
     results = []
     for bs, ga in [(8, 1), (1, 8)]:
@@ -270,7 +270,7 @@ def test_lune_forgets_and_retains(memorised, memorised_copy, tmp_path):
 
 def test_resume_from_checkpoint_continues(tiny, tmp_path):
     facts, tok = tiny
-    from lune_hf.synthetic import build_tiny_model
+    from lune_hf.testing.synthetic import build_tiny_model
 
     def make(out, **kw):
         model = build_tiny_model(len(tok), hidden_size=32, layers=1, seed=0)

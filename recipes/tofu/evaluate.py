@@ -6,7 +6,7 @@
         --reference retain99.json --json forget01-lune.json
 
 Prints forget quality, model utility and the forget / retain / real-author / world-fact scores
-(`lune_hf.tofu_eval.evaluate_tofu`).
+(`lune_hf.tofu.evaluate.evaluate_tofu`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lune_hf.data import ensure_pad_token
-from lune_hf.tofu import FORGET_SPLITS, PROMPT_FORMATS, SYSTEM_PROMPT, tofu_sets
-from lune_hf.tofu_eval import evaluate_tofu
+from lune_hf.tofu.data import FORGET_SPLITS, PROMPT_FORMATS, SYSTEM_PROMPT, tofu_sets
+from lune_hf.tofu.evaluate import evaluate_tofu
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ import argparse
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lune_hf.tofu import FORGET_SPLITS, PROMPT_FORMATS, SYSTEM_PROMPT, retain_split_for, to_rows, tofu_sets
-from lune_hf.tofu_train import finetune
+from lune_hf.tofu.data import FORGET_SPLITS, PROMPT_FORMATS, SYSTEM_PROMPT, retain_split_for, to_rows, tofu_sets
+from lune_hf.tofu.train import finetune
 
 
 def main() -> None:

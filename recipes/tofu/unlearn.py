@@ -4,7 +4,7 @@
         --objective lune --output-dir tofu-forget01-lune
 
 Every objective of `LuneConfig` works (lune, ga, graddiff, npo, simnpo, idk_nll, idk_dpo, ihl); its learning rate,
-beta and use of the retain set default to `lune_hf.tofu_train.OBJECTIVE_SETTINGS`. LUNE's negative targets are
+beta and use of the retain set default to `lune_hf.tofu.train.OBJECTIVE_SETTINGS`. LUNE's negative targets are
 TOFU's refusal sentences (idontknow.jsonl when the data folder has it), or with `--replacement perturbed` TOFU's
 perturbed (wrong) answers.
 """
@@ -16,8 +16,8 @@ import argparse
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lune_hf.objectives import OBJECTIVES
-from lune_hf.tofu import FORGET_SPLITS, PROMPT_FORMATS, SYSTEM_PROMPT, to_rows, tofu_sets
-from lune_hf.tofu_train import unlearn
+from lune_hf.tofu.data import FORGET_SPLITS, PROMPT_FORMATS, SYSTEM_PROMPT, to_rows, tofu_sets
+from lune_hf.tofu.train import unlearn
 
 
 def main() -> None:

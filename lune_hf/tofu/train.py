@@ -8,12 +8,7 @@ fine-tuning (answer tokens only in the loss) with a plain `transformers.Trainer`
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +16,23 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from .data import ensure_pad_token, pad, split_row, tokenize_example
-from .objectives import IGNORE_INDEX
+from ..data import ensure_pad_token, pad, split_row, tokenize_example
+from ..objectives import IGNORE_INDEX, OBJECTIVES
 
 __all__ = [
     "OBJECTIVE_SETTINGS",
-    "PeakMemory",
     "SftCollator",
     "finetune",
     "unlearn",
 ]
 
-# Per-objective LuneConfig values used by the TOFU recipes (all with LoRA r=16 on every projection).
+# Per-objective LuneConfig values of the TOFU recipes (each ObjectiveSpec.recommended; LoRA r=16 everywhere).
 # Learning rates are LoRA-sized: open-unlearning's 1e-5 is for full-parameter training, and with LoRA 2e-5 moved
 # nothing in 25 steps (gradient ascent on SmolLM2-135M, benchmarks/results/tofu_cpu.md).
 # `retain`: whether the retain set is passed (its NLL weighted by `retain_weight`), as open-unlearning does for
 # GradDiff, NPO, SimNPO and IdkDPO (alpha = gamma = 1) and not for GradAscent. LUNE and IdK-NLL also get it here:
 # it is what keeps model utility on a model that memorised its retain set.
-OBJECTIVE_SETTINGS: dict[str, dict[str, Any]] = {
-    "lune": {"learning_rate": 2e-4, "retain": True},
-    "ga": {"learning_rate": 1e-4, "retain": False},
-    "graddiff": {"learning_rate": 1e-4, "retain": True},
-    "npo": {"learning_rate": 2e-4, "retain": True, "beta": 0.1},
-    "simnpo": {"learning_rate": 2e-4, "retain": True, "beta": 2.5, "delta": 0.0},
-    "idk_nll": {"learning_rate": 2e-4, "retain": True},
-    "idk_dpo": {"learning_rate": 2e-4, "retain": True, "beta": 0.1},
-    "ihl": {"learning_rate": 2e-4, "retain": True},
-}
+OBJECTIVE_SETTINGS: dict[str, dict[str, Any]] = {name: dict(spec.recommended) for name, spec in OBJECTIVES.items()}
 
 
 class SftCollator:
@@ -149,8 +134,8 @@ def unlearn(
     Settings come from :data:`OBJECTIVE_SETTINGS` (learning rate, beta, whether the retain set is used),
     updated with `overrides` (any `LuneConfig` field, plus ``retain``). Returns the trained `PeftModel`.
     """
-    from .config import LuneConfig
-    from .trainer import LuneTrainer
+    from ..config import LuneConfig
+    from ..trainer import LuneTrainer
 
     settings = {**OBJECTIVE_SETTINGS.get(objective, {}), **(overrides or {})}
     use_retain = bool(settings.pop("retain", True)) and retain is not None
@@ -179,48 +164,3 @@ def unlearn(
     trainer.save_model()
     trainer.model.eval()
     return trainer.model
-
-
-@dataclass
-class PeakMemory:
-    """Peak memory of a block in MiB: CUDA's peak allocation on a GPU, else the peak RSS sampled every 0.1 s.
-
-    ``with PeakMemory() as mem: ...`` then ``mem.peak_mb``; ``mem.seconds`` is the wall time of the block.
-    """
-
-    interval_s: float = 0.1
-    peak_mb: float = 0.0
-    seconds: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def _rss_mb(self) -> float:
-        with contextlib.suppress(OSError), open(f"/proc/{os.getpid()}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak_mb = max(self.peak_mb, self._rss_mb())
-
-    def __enter__(self) -> PeakMemory:
-        self._start = time.perf_counter()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self.peak_mb = self._rss_mb()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self._start
-        if torch.cuda.is_available():
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mb = max(self.peak_mb, self._rss_mb())

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .evaluation import generate_answers, score_answers
-from .metrics import functional as F
-from .tofu import SYSTEM_PROMPT, TofuSets, _head, make_prompt
+from ..evaluation import generate_answers, score_answers
+from ..metrics import functional as F
+from .data import SYSTEM_PROMPT, TofuSets, _head, make_prompt
 
 __all__ = ["UTILITY_SETS", "evaluate_tofu", "normalised_probability", "score_pairs"]
 
@@ -107,15 +107,6 @@ def evaluate_tofu(
     def prompts_of(rows) -> list[Any]:
         return [make_prompt(q, fmt, system_prompt) for q in rows["question"]]
 
-    def generate(rows) -> list[str]:
-        return generate_answers(model, tokenizer, prompts_of(rows), max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, progress=progress)
-
-    result: dict[str, Any] = {}
-
-    # ---- one scoring pass over every answer of every set ----
-    jobs: list[tuple[str, int, str, int]] = []  # (set, row, kind, index among the row's answers of that kind)
-    pairs: list[tuple[Any, str]] = []
     eval_sets = {
         "forget": sets.forget,
         "retain": sets.retain_eval if sets.retain_eval is not None else _head(sets.retain, 400),
@@ -124,25 +115,51 @@ def evaluate_tofu(
     }
     has_perturbed = {name: rows is not None and "perturbed_answer" in rows.column_names
                      for name, rows in eval_sets.items()}
+    by_set = _score_every_answer(model, tokenizer, eval_sets, has_perturbed, prompts_of, fmt, batch_size, max_length,
+                                 progress)
+    result = _probabilities_and_truth_ratios(by_set, has_perturbed)
+    for name, rows in eval_sets.items():  # greedy answers, ROUGE-L
+        predictions = generate_answers(model, tokenizer, prompts_of(rows), max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, progress=progress)
+        result[f"{name}_rouge"] = F.rouge_l(predictions, [a.strip() for a in rows["answer"]])["rouge_l"]
+        if name == "forget":
+            result["forget_samples"] = [
+                {"question": q, "answer": a, "generated": p}
+                for q, a, p in list(zip(rows["question"], rows["answer"], predictions, strict=True))[:samples]
+            ]
+    return _aggregates(result, reference_truth_ratios)
+
+
+def _score_every_answer(model, tokenizer, eval_sets, has_perturbed, prompts_of, fmt, batch_size, max_length,
+                        progress) -> dict[str, list[dict[str, Any]]]:
+    """One teacher-forced scoring pass over every answer of every set (true, paraphrased, perturbed): per set and
+    row, ``{"answer": logprobs, "paraphrased": logprobs, "perturbed": [logprobs, ...]}``."""
+    jobs: list[tuple[str, int, str]] = []  # (set, row, kind)
+    pairs: list[tuple[Any, str]] = []
     for name, rows in eval_sets.items():
         prompts = prompts_of(rows)
         for i, row in enumerate(rows):
-            answers = [("answer", 0, row["answer"])]
+            answers = [("answer", row["answer"])]
             if has_perturbed[name]:
                 if name in ("forget", "retain") and row.get("paraphrased_answer"):
-                    answers.append(("paraphrased", 0, row["paraphrased_answer"]))
-                answers += [("perturbed", j, a) for j, a in enumerate(row["perturbed_answer"])]
-            for kind, j, text in answers:
-                jobs.append((name, i, kind, j))
+                    answers.append(("paraphrased", row["paraphrased_answer"]))
+                answers += [("perturbed", a) for a in row["perturbed_answer"]]
+            for kind, text in answers:
+                jobs.append((name, i, kind))
                 pairs.append((prompts[i], _answer(text, fmt)))
     logprobs = score_pairs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, progress=progress)
     by_set: dict[str, list[dict[str, Any]]] = {n: [{"perturbed": []} for _ in rows] for n, rows in eval_sets.items()}
-    for (name, i, kind, _), lp in zip(jobs, logprobs, strict=True):
+    for (name, i, kind), lp in zip(jobs, logprobs, strict=True):
         if kind == "perturbed":
             by_set[name][i]["perturbed"].append(lp)
         else:
             by_set[name][i][kind] = lp
+    return by_set
 
+
+def _probabilities_and_truth_ratios(by_set, has_perturbed) -> dict[str, Any]:
+    """``<set>_probability`` and ``<set>_truth_ratio`` (and the per-row forget truth ratios) from the scores."""
+    result: dict[str, Any] = {}
     for name, rows in by_set.items():
         answer_lp = [r["answer"] for r in rows]
         if name in ("real_authors", "world_facts"):
@@ -159,18 +176,11 @@ def evaluate_tofu(
                 result["forget_truth_ratios"] = tr["scores"]
         else:
             result[f"{name}_truth_ratio"] = None
+    return result
 
-    # ---- generation ----
-    for name, rows in eval_sets.items():
-        predictions = generate(rows)
-        result[f"{name}_rouge"] = F.rouge_l(predictions, [a.strip() for a in rows["answer"]])["rouge_l"]
-        if name == "forget":
-            result["forget_samples"] = [
-                {"question": q, "answer": a, "generated": p}
-                for q, a, p in list(zip(rows["question"], rows["answer"], predictions, strict=True))[:samples]
-            ]
 
-    # ---- aggregates ----
+def _aggregates(result: dict[str, Any], reference_truth_ratios: Sequence[float] | None) -> dict[str, Any]:
+    """Forget quality (KS test against the retain model's truth ratios) and model utility (harmonic mean)."""
     if reference_truth_ratios is not None:
         fq = F.forget_quality(result["forget_truth_ratios"], reference_truth_ratios)
         result["forget_quality"], result["forget_ks_statistic"] = fq["forget_quality"], fq["ks_statistic"]

@@ -15,8 +15,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .data import default_refusals, pad, tokenize_example
-from .objectives import IGNORE_INDEX
+from ..data import default_refusals, pad, tokenize_example
+from ..objectives import IGNORE_INDEX
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "tr", "st", "sh"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea"]

@@ -168,7 +168,7 @@ def load_refusals(source: str | Path = TOFU_HUB_ID) -> list[str]:
     The Hub dataset does not ship the file (it lives in TOFU's GitHub repository), so for a Hub id the sentences
     shipped with lune_hf are returned.
     """
-    from .data import default_refusals
+    from ..data import default_refusals
 
     folder = Path(source).expanduser()
     path = folder / "idontknow.jsonl"
