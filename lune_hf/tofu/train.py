@@ -153,9 +153,11 @@ def unlearn(
         "use_cpu": not torch.cuda.is_available(),
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "disable_tqdm": False,
-        # A benchmark row is a fixed recipe (its epochs), comparable across objectives: no stopping on the
-        # outcome and no step floor unless the row asks for them (`name[stop_when_forgotten=true]`).
+        # A benchmark row is a fixed recipe (its epochs), comparable across objectives: no checks, so no stopping
+        # on the outcome, no step floor and no restoring of an earlier adapter, unless the row asks for them
+        # (`name[stop_when_forgotten=true,forget_eval_steps=...]`).
         "stop_when_forgotten": False,
+        "forget_eval_steps": 0,
     }
     config = LuneConfig(**(values | settings))  # the overrides win, e.g. num_train_epochs or retain_loss="kl"
     trainer = LuneTrainer(model, config, train_dataset=forget, retain_dataset=retain if use_retain else None,
