@@ -181,8 +181,9 @@ class LuneConfig(TrainingArguments):
         default=None,
         metadata={"help": "Activation checkpointing (`activation_checkpointing` in transformers >= 5.24, either name "
                   "works). Unset: on. It recomputes each decoder layer in the backward instead of keeping its "
-                  "activations: a 7B LoRA step at batch 8 x 512 needs 17 GiB instead of 115 GiB, for about a third "
-                  "more step time (benchmarks/results/memory_at_scale.md). Pass False to trade memory for speed.",
+                  "activations: a 7B LoRA step at batch 8 x 512 needs 17 GiB instead of 115 GiB, for about 40% "
+                  "more step time on CPU (benchmarks/results/memory_at_scale.md, checkpointing.md). Pass False to "
+                  "trade memory for speed.",
                   "nargs": "?", "const": True},
     )
 
