@@ -92,7 +92,7 @@ class LuneConfig(TrainingArguments):
     forget_target: str = field(
         default="recalled<=0.1",
         metadata={"help": "When the forget set counts as forgotten: `<metric><=<value>` on the forget set. The "
-                  "default: at most 10% of the forget answers are still given (`recalled`: greedy answer with "
+                  "default: at most 10%% of the forget answers are still given (`recalled`: greedy answer with "
                   "ROUGE-L recall >= 0.5 against the original). Other metrics: exact_match, contains, rouge_l, "
                   "probability."},
     )
@@ -105,7 +105,7 @@ class LuneConfig(TrainingArguments):
     forget_eval_steps: int | None = field(
         default=None,
         metadata={"help": "Check forget / retain every N optimizer steps. Default (None): spaced automatically so "
-                  "each check costs at most 10% of the training time since the previous one. 0: no checks (no "
+                  "each check costs at most 10%% of the training time since the previous one. 0: no checks (no "
                   "verdict, no stop on the outcome; publishing then needs `allow_unverified`)."},
     )
     boost_stalled_lr: bool = field(
@@ -143,7 +143,7 @@ class LuneConfig(TrainingArguments):
         default=0.05,
         metadata={
             "help": "LoRA dropout (paper: 0.05). Each adapted projection then keeps a dropped-out copy of its input "
-            "for the backward: 0.0 saves about 40% of the activation memory and a few percent of the step time "
+            "for the backward: 0.0 saves about 40%% of the activation memory and a few percent of the step time "
             "(benchmarks/results/profile.md)."
         },
     )
@@ -169,7 +169,7 @@ class LuneConfig(TrainingArguments):
     )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     warmup_steps: float = field(
-        default=0.05, metadata={"help": "Warm-up: steps, or a fraction of the total below 1 (paper: 5%)."}
+        default=0.05, metadata={"help": "Warm-up: steps, or a fraction of the total below 1 (paper: 5%%)."}
     )
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Forget rows per device and step."})
     logging_steps: float = field(default=5, metadata={"help": "Log every N steps."})
@@ -181,7 +181,7 @@ class LuneConfig(TrainingArguments):
         default=None,
         metadata={"help": "Activation checkpointing (`activation_checkpointing` in transformers >= 5.24, either name "
                   "works). Unset: on. It recomputes each decoder layer in the backward instead of keeping its "
-                  "activations: a 7B LoRA step at batch 8 x 512 needs 17 GiB instead of 115 GiB, for about 40% "
+                  "activations: a 7B LoRA step at batch 8 x 512 needs 17 GiB instead of 115 GiB, for about 40%% "
                   "more step time on CPU (benchmarks/results/memory_at_scale.md, checkpointing.md). Pass False to "
                   "trade memory for speed.",
                   "nargs": "?", "const": True},

@@ -7,6 +7,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 from lune_hf.cli import main
 from lune_hf.demo import run_demo
 from lune_hf.report import MARKDOWN_FILE, PLOT_FILE, REPORT_FILE, read_report
@@ -84,3 +86,15 @@ def test_demo_meets_its_thresholds(tmp_path, capsys):
     assert "forget/exact_match" in out and "sample answers" in out and MARKDOWN_FILE in out
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", REPORT_FILE, PLOT_FILE):
         assert (tmp_path / "demo" / name).is_file(), name
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "eval", "card", "publish", "pull", "estimate-memory"])
+def test_every_subcommand_prints_its_help(command, capsys):
+    """argparse formats help with `%`: a bare percent sign in a field's help broke `lune-hf train --help`."""
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert f"lune-hf {command}" in out
+    if command == "train":
+        assert "--negative_weight" in out and "5%)" in out
