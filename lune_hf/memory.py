@@ -280,12 +280,9 @@ def _placeholder_tokenizer():
                                    pad_token="<pad>", unk_token="<unk>")
 
 
-def _lora_trainer(model, shape: StepShape, output_dir: str):
-    """A real `LuneTrainer` around `model`, told not to move it (fake weights cannot be moved)."""
-    from datasets import Dataset
-
+def _estimate_args(shape: StepShape, output_dir: str):
+    """The run's `LuneConfig` for `shape`, telling the trainer not to move the model (fake weights cannot move)."""
     from .config import CHECKPOINTING, LuneConfig
-    from .trainer import LuneTrainer
 
     @dataclass
     class EstimateConfig(LuneConfig):
@@ -293,13 +290,20 @@ def _lora_trainer(model, shape: StepShape, output_dir: str):
         def place_model_on_device(self) -> bool:
             return False
 
-    args = EstimateConfig(output_dir=output_dir, objective=shape.objective, use_cpu=True, report_to=[],
+    return EstimateConfig(output_dir=output_dir, objective=shape.objective, use_cpu=True, report_to=[],
                           **{CHECKPOINTING: shape.activation_checkpointing}, lora_dropout=shape.lora_dropout,
                           lora_r=shape.lora_r, lora_alpha=shape.lora_r, per_device_train_batch_size=shape.batch_size,
                           max_length=shape.max_length, disable_tqdm=True)
+
+
+def _lora_trainer(model, args, retain: bool):
+    """A real `LuneTrainer` around the adapted `model` (its placeholder rows are never trained on)."""
+    from datasets import Dataset
+
+    from .trainer import LuneTrainer
+
     rows = Dataset.from_list([{"input_ids": [1, 1], "labels": [-100, 1]}])
-    retain = rows if shape.retain else None
-    return LuneTrainer(model, args, train_dataset=rows, retain_dataset=retain,
+    return LuneTrainer(model, args, train_dataset=rows, retain_dataset=rows if retain else None,
                        processing_class=_placeholder_tokenizer())
 
 
@@ -355,18 +359,14 @@ class _Step:
 
     @staticmethod
     def _models(config, shape: StepShape, mode, device: str, workdir: str):
-        from .config import LuneConfig
-        from .trainer import default_lora_config, wrap_with_adapter
+        from .trainer import attach_adapter
 
         dtype = getattr(torch, shape.dtype)
         model, reference, trainer = _build(config, dtype, mode, device), None, None
         if shape.method == "lora":
-            if shape.activation_checkpointing:
-                model.enable_input_require_grads()
-            lora_args = LuneConfig(output_dir=workdir, lora_r=shape.lora_r, lora_alpha=shape.lora_r,
-                                   lora_dropout=shape.lora_dropout)
+            args = _estimate_args(shape, workdir)
             with torch.device("meta") if mode is not None else contextlib.nullcontext():
-                model = wrap_with_adapter(model, default_lora_config(lora_args))
+                model = attach_adapter(model, args)
             for name, module in model.named_modules():  # peft skips its fp32 adapter cast on the meta device
                 if name.endswith(("lora_A.default", "lora_B.default")):
                     module.to(torch.float32)
@@ -377,7 +377,7 @@ class _Step:
                 if module is not None:
                     _to_fake(module, mode)
         if shape.method == "lora":
-            trainer = _lora_trainer(model, shape, workdir)
+            trainer = _lora_trainer(model, args, shape.retain)
         return model, reference, trainer
 
     def parameters(self) -> dict[str, int]:

@@ -68,11 +68,19 @@ def default_lora_config(args: LuneConfig) -> LoraConfig:
     )
 
 
-def wrap_with_adapter(model, config: LoraConfig) -> PeftModel:
-    """`peft.get_peft_model`, without peft's FutureWarning about transformers' renamed checkpointing property."""
+def attach_adapter(model, args: LuneConfig, peft_config: PeftConfig | None = None) -> PeftModel:
+    """`model` with the seeded LoRA adapter of `args` (or `peft_config`); with activation checkpointing on, the frozen
+    embeddings give the checkpointed layers an input that requires grad.
+
+    Seeded: the same adapter init on every rank (ZeRO-3 / FSDP shard it without a broadcast from rank 0) and
+    whatever the launcher or number of processes. peft's FutureWarning about transformers' renamed checkpointing
+    property is silenced."""
+    if getattr(args, CHECKPOINTING):
+        model.enable_input_require_grads()
+    set_seed(args.seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, config)
+        return get_peft_model(model, peft_config or default_lora_config(args))
 
 
 class LuneTrainer(Trainer):
@@ -649,15 +657,9 @@ def _model_and_tokenizer(model, processing_class, args: LuneConfig, peft_config,
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = processing_class.pad_token_id
 
-    checkpointing = bool(getattr(args, CHECKPOINTING))
     if not isinstance(model, PeftModel):
-        if checkpointing:
-            model.enable_input_require_grads()  # frozen embeddings: the checkpointed layers need a grad input
-        # Seeded adapter init: the same on every rank (ZeRO-3 / FSDP shard it without a broadcast from rank 0)
-        # and the same whatever the launcher or number of processes.
-        set_seed(args.seed)
-        model = wrap_with_adapter(model, peft_config or default_lora_config(args))
-    if checkpointing and getattr(args, f"{CHECKPOINTING}_kwargs") is None:
+        model = attach_adapter(model, args, peft_config)
+    if getattr(args, CHECKPOINTING) and getattr(args, f"{CHECKPOINTING}_kwargs") is None:
         setattr(args, f"{CHECKPOINTING}_kwargs", {"use_reentrant": False})
     if (args.spec.needs_reference or args.retain_loss == "kl") and ref_model is None \
             and not isinstance(model, PeftModel):
