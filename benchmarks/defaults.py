@@ -181,6 +181,7 @@ def run_tofu(overrides: dict[str, Any], cache: Path, data: str) -> dict[str, Any
         "check_share": round(trainer.forget_check.check_seconds / seconds, 3),
         "lr_scale": trainer.forget_check.lr_scale, "threads": __import__("torch").get_num_threads(),
         "forget_samples": result.get("forget_samples"),
+        "tofu_values": {k: v for k, v in result.items() if isinstance(v, float)},
     }
 
 
