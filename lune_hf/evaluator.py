@@ -119,6 +119,8 @@ class Evaluator:
         self.tokenizer = tokenizer
         self._modules = {m: lune_metrics.load(m, keep_in_memory=True) for m in {_MODULE_OF[m] for m in self.metrics}}
         self._pairs: dict[str, tuple[list[Any], list[Any], int]] = {}
+        # Per set, per row: what the last `evaluate` produced (`prediction`, `token_logprobs`).
+        self.last_rows: dict[str, list[dict[str, Any]]] = {}
 
     def bind_tokenizer(self, tokenizer) -> None:
         if self.tokenizer is None:
@@ -145,7 +147,8 @@ class Evaluator:
             self._rows_of(name)
 
     def evaluate(self, model) -> dict[str, float]:
-        """`<set>/<metric>` for every set and metric; identical on every process."""
+        """`<set>/<metric>` for every set and metric; identical on every process. The per-row answers and
+        log-probabilities stay in `last_rows` until the next call."""
         self.prepare()
         state = PartialState()
         results: dict[str, float] = {}
@@ -155,6 +158,7 @@ class Evaluator:
                 local = self._evaluate_rows(model, [prompts[i] for i in shard], [answers[i] for i in shard],
                                             new_tokens)
             gathered = gather_object(local) if state.num_processes > 1 else local
+            self.last_rows[name] = gathered
             results |= {f"{name}/{k}": v for k, v in self.compute(gathered, answers).items()}
         return results
 

@@ -257,60 +257,82 @@ def publish(
     forget_texts: Sequence[str] | None = None,
     allow_unverified: bool = False,
 ):
-    """Publish an unlearning run's output folder to the Hub, in one commit. Returns the `CommitInfo`.
+    """Publish an unlearning run's output folder to the Hub, in one commit.
 
     Refuses a run whose own checks did not find the forget set forgotten (verdict other than `forgotten`, retain
     below its floor, or no checks) unless `allow_unverified=True`; the card of such an adapter says so first.
-
     Uploads `adapter_model.safetensors`, `adapter_config.json` (with the real base model id),
-    `unlearning_report.json`, the plot and a generated `README.md` model card; with `include_tokenizer`
-    the tokenizer files too (off by default: LoRA leaves the base tokenizer unchanged, and a tokenizer built
-    on the forget data would carry its words). Never pickles, training arguments or data.
+    `unlearning_report.json`, the plot and a generated `README.md` model card. Never pickles, training arguments
+    or data. A repo this call created is deleted again if the upload fails.
 
-    `forget_texts`: the prompts and answers of the forget set; publishing is refused if any of them
-    appears in a file about to be uploaded.
+    Args:
+        output_dir (`str` or `Path`): the run's folder (`LuneTrainer.save_model` wrote it).
+        repo_id (`str`): `namespace/name` on the Hub.
+        base_model (`str`, *optional*): the base model's Hub id when the report records a local path.
+        token, endpoint (`str`, *optional*): as in `huggingface_hub.HfApi`.
+        private, revision, create_pr, commit_message: as in `HfApi.create_repo` / `HfApi.upload_folder`.
+        summary, license, datasets: extra card fields.
+        include_tokenizer (`bool`): upload the tokenizer files too (off: LoRA leaves the base tokenizer
+            unchanged, and a tokenizer built on the forget data would carry its words).
+        forget_texts (`Sequence[str]`, *optional*): the forget set's prompts and answers; publishing is refused
+            if any of them appears in a file about to be uploaded.
+        allow_unverified (`bool`): publish a run whose checks did not find the forget set forgotten.
+
+    Returns:
+        The `huggingface_hub.CommitInfo` of the upload.
+
+    Example:
+        >>> publish("outputs/forget-alice", "me/smollm2-forget-alice")  # doctest: +SKIP
     """
     if not is_hub_id(repo_id) or "/" not in repo_id:
         raise PublishError(f"repo_id {repo_id!r} must look like 'namespace/name'.")
+    tokens = client_tokens(token)
     with tempfile.TemporaryDirectory(prefix="lune-publish-") as tmp:
         staging = Path(tmp)
         files = stage_folder(output_dir, staging, repo_id=repo_id, base_model=base_model, summary=summary,
                              license=license, datasets=datasets, include_tokenizer=include_tokenizer,
                              allow_unverified=allow_unverified)
-        tokens = client_tokens(token)
-        leaks = find_leaks(staging, tokens + list(forget_texts or []))
-        if leaks:
-            names = sorted({name for name, _ in leaks})
-            what = "a Hub token" if any(text in tokens for _, text in leaks) else "forget-set text"
-            hint = (" (a tokenizer trained on the forget data carries its words: publish without the tokenizer; "
-                    "users load the base model's)" if any(n in TOKENIZER_FILES for n in names) else "")
-            raise PublishError(f"Refusing to publish: {what} found in {names}{hint}.")
-        api = HfApi(endpoint=endpoint, token=token)
-        created = False
-        try:
-            if not api.repo_exists(repo_id, repo_type="model"):
-                api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-                created = True
-            commit = api.upload_folder(
-                folder_path=staging,
-                repo_id=repo_id,
-                repo_type="model",
-                revision=revision,
-                create_pr=create_pr,
-                commit_message=commit_message or "Upload LUNE unlearning adapter",
-            )
-        except HfHubHTTPError as err:
-            status = err.response.status_code if err.response is not None else None
-            left = _undo_create(api, repo_id, created)
-            raise PublishError(_redact(_http_message(repo_id, status, err) + left, tokens)) from None
-        except Exception as err:  # network failures: connection refused, dropped mid-upload, timeouts
-            left = _undo_create(api, repo_id, created)
-            raise PublishError(
-                _redact(f"Could not publish to {repo_id}: {type(err).__name__}: {err}. The local folder "
-                        f"{output_dir} is unchanged; try again.{left}", tokens)
-            ) from None
+        refuse_leaks(staging, tokens, forget_texts)
+        commit = _upload(HfApi(endpoint=endpoint, token=token), staging, repo_id, tokens, output_dir=output_dir,
+                         private=private, revision=revision, create_pr=create_pr,
+                         commit_message=commit_message or "Upload LUNE unlearning adapter")
     logger.info("Published %s to %s", ", ".join(files), repo_id)
     return commit
+
+
+def refuse_leaks(staging: Path, tokens: Sequence[str], forget_texts: Sequence[str] | None) -> None:
+    """Raise `PublishError` if a Hub token or a forget-set text appears in a staged file."""
+    leaks = find_leaks(staging, list(tokens) + list(forget_texts or []))
+    if not leaks:
+        return
+    names = sorted({name for name, _ in leaks})
+    what = "a Hub token" if any(text in tokens for _, text in leaks) else "forget-set text"
+    hint = (" (a tokenizer trained on the forget data carries its words: publish without the tokenizer; "
+            "users load the base model's)" if any(n in TOKENIZER_FILES for n in names) else "")
+    raise PublishError(f"Refusing to publish: {what} found in {names}{hint}.")
+
+
+def _upload(api: HfApi, staging: Path, repo_id: str, tokens: Sequence[str], *, output_dir, private: bool,
+            revision: str | None, create_pr: bool, commit_message: str):
+    """Create the repo if needed and upload the staged folder in one commit; on failure undo the creation and
+    raise a `PublishError` with no token in it."""
+    created = False
+    try:
+        if not api.repo_exists(repo_id, repo_type="model"):
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            created = True
+        return api.upload_folder(folder_path=staging, repo_id=repo_id, repo_type="model", revision=revision,
+                                 create_pr=create_pr, commit_message=commit_message)
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        left = _undo_create(api, repo_id, created)
+        raise PublishError(_redact(_http_message(repo_id, status, err) + left, tokens)) from None
+    except Exception as err:  # network failures: connection refused, dropped mid-upload, timeouts
+        left = _undo_create(api, repo_id, created)
+        raise PublishError(
+            _redact(f"Could not publish to {repo_id}: {type(err).__name__}: {err}. The local folder "
+                    f"{output_dir} is unchanged; try again.{left}", tokens)
+        ) from None
 
 
 def _undo_create(api: HfApi, repo_id: str, created: bool) -> str:
@@ -401,25 +423,50 @@ def load_unlearned(
 
     Several adapters (successive deletion requests) are stacked: their low-rank updates are summed
     (peft `add_weighted_adapter(..., combination_type="cat")`), or with `merge=True` merged into the weights.
-    """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    Each adapter is checked against the base (architecture, sizes, target modules) before it is applied; no code
+    from a repo is ever run.
 
+    Args:
+        adapter_repo_or_path: a Hub repo id or a local folder, or a list of them (applied together).
+        base_model (`str`, *optional*): the base model; by default the one the adapters record (a downloaded
+            adapter that records a local path needs it given).
+        merge (`bool`): merge the adapters into the weights (a plain `transformers` model).
+        token, revision, endpoint, cache_dir: as in `huggingface_hub.snapshot_download`.
+        torch_dtype: dtype of the base model's weights.
+
+    Example:
+        >>> model, tokenizer = load_unlearned("me/smollm2-forget-alice")  # doctest: +SKIP
+    """
     sources = [adapter_repo_or_path] if isinstance(adapter_repo_or_path, (str, Path)) else list(adapter_repo_or_path)
     if not sources:
         raise ValueError("Give at least one adapter.")
-    remote = [not Path(s).is_dir() for s in sources]
     folders = [_local_copy(s, token=token, revision=revision, endpoint=endpoint, cache_dir=cache_dir,
                            allow_patterns=ADAPTER_DOWNLOAD) for s in sources]
-    configs = []
-    for folder in folders:
-        if not (folder / ADAPTER_CONFIG).is_file():
-            raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG}; is this an adapter?")
-        configs.append(json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")))
+    configs = [_adapter_config(folder) for folder in folders]
+    base_model = _base_of(sources, configs, base_model)
+    model, tokenizer = _load_base(base_model, folders, token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                  torch_dtype=torch_dtype)
+    for folder, config in zip(folders, configs, strict=True):
+        check_adapter_fits(model, folder, config)
+    model = _apply_adapters(model, folders)
+    if merge:
+        model = model.merge_and_unload()
+    return model.eval(), tokenizer
+
+
+def _adapter_config(folder: Path) -> dict[str, Any]:
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG}; is this an adapter?")
+    return json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+
+
+def _base_of(sources: Sequence[str | Path], configs: Sequence[dict[str, Any]], base_model: str | None) -> str:
+    """The base model to load: the one given, or the one every adapter records (a Hub id, never a local path
+    named by a downloaded adapter)."""
     recorded = {c.get("base_model_name_or_path") for c in configs} - {None}
-    for source, is_remote, config in zip(sources, remote, configs, strict=True):
+    for source, config in zip(sources, configs, strict=True):
         named = config.get("base_model_name_or_path")
-        if base_model is None and is_remote and named and not is_hub_id(named):
+        if base_model is None and not Path(source).is_dir() and named and not is_hub_id(named):
             raise ValueError(f"{source}: its adapter config names the base {named!r}, a path on someone else's "
                              "machine, not a Hub id; pass base_model= explicitly (a downloaded adapter never picks "
                              "a local folder by itself).")
@@ -427,18 +474,26 @@ def load_unlearned(
         if len(recorded) != 1:
             raise ValueError(f"Cannot tell the base model (adapters record {sorted(recorded) or 'none'}); "
                              "pass base_model=.")
-        base_model = recorded.pop()
-    elif len(recorded) > 1:
+        return recorded.pop()
+    if len(recorded) > 1:
         logger.warning("The adapters were trained on different bases %s; applying them to %s.", recorded, base_model)
+    return base_model
+
+
+def _load_base(base_model: str, folders: Sequence[Path], *, token, endpoint, cache_dir, torch_dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_dir = _local_copy(base_model, token=token, revision=None, endpoint=endpoint, cache_dir=cache_dir)
     kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     # Never run code from a repo and never ask: trust_remote_code=False refuses an `auto_map` instead of prompting.
     model = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=False, **kwargs)
     tokenizer_dir = next((f for f in folders if (f / "tokenizer_config.json").is_file()), base_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
-    for folder, config in zip(folders, configs, strict=True):
-        check_adapter_fits(model, folder, config)
+    return model, AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+
+
+def _apply_adapters(model, folders: Sequence[Path]):
+    """A `PeftModel` with every adapter applied (several are stacked into one, `stacked`)."""
+    from peft import PeftModel
 
     names = [f"unlearn_{i}" for i in range(len(folders))]
     model = PeftModel.from_pretrained(model, folders[0], adapter_name=names[0])
@@ -450,6 +505,4 @@ def load_unlearned(
         model.set_adapter("stacked")
         for name in names:
             model.delete_adapter(name)
-    if merge:
-        model = model.merge_and_unload()
-    return model.eval(), tokenizer
+    return model

@@ -154,31 +154,7 @@ def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_s
         "status_detail": status_detail,
         "base_model": base_model_id,
         "objective": {"name": spec.name, "formula": spec.formula, "summary": spec.summary},
-        "hyperparameters": {
-            "learning_rate": args.learning_rate,
-            "num_train_epochs": args.num_train_epochs,
-            "max_steps": args.max_steps,
-            "budget_steps": budget_steps,
-            "min_budget_steps": args.min_budget_steps,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "world_size": args.world_size,
-            "distributed_type": distributed_type,
-            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            "warmup_steps": args.warmup_steps,
-            "beta": args.beta,
-            "delta": args.delta,
-            "forget_weight": args.forget_weight,
-            "negative_weight": args.negative_weight,
-            "retain_weight": args.retain_weight,
-            "retain_loss": args.retain_loss if retain_rows is not None else "none",
-            "max_length": args.max_length,
-            "stop_when_forgotten": args.stop_when_forgotten,
-            "forget_target": str(args.forget_target),
-            "retain_floor": args.retain_floor,
-            "seed": args.seed,
-            **{f"lora_{k}" if not k.startswith("lora") else k: v for k, v in _lora_settings(model).items()},
-        },
+        "hyperparameters": _hyperparameters(args, model, budget_steps, distributed_type, retain_rows is not None),
         "parameters": {"trainable": n_trainable, "total": n_total},
         "base_config": base_config_summary(model),
         "global_step": global_step,
@@ -196,6 +172,35 @@ def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_s
             for entry in log_history
             if "loss" in entry or "train_loss" in entry
         ],
+    }
+
+
+def _hyperparameters(args, model, budget_steps: int, distributed_type: str, has_retain: bool) -> dict[str, Any]:
+    """The settings a reader needs to reproduce the run (LoRA's from the model itself)."""
+    return {
+        "learning_rate": args.learning_rate,
+        "num_train_epochs": args.num_train_epochs,
+        "max_steps": args.max_steps,
+        "budget_steps": budget_steps,
+        "min_budget_steps": args.min_budget_steps,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "world_size": args.world_size,
+        "distributed_type": distributed_type,
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup_steps": args.warmup_steps,
+        "beta": args.beta,
+        "delta": args.delta,
+        "forget_weight": args.forget_weight,
+        "negative_weight": args.negative_weight,
+        "retain_weight": args.retain_weight,
+        "retain_loss": args.retain_loss if has_retain else "none",
+        "max_length": args.max_length,
+        "stop_when_forgotten": args.stop_when_forgotten,
+        "forget_target": str(args.forget_target),
+        "retain_floor": args.retain_floor,
+        "seed": args.seed,
+        **{f"lora_{k}" if not k.startswith("lora") else k: v for k, v in _lora_settings(model).items()},
     }
 
 

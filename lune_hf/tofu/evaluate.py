@@ -1,8 +1,9 @@
 """TOFU evaluation: forget quality, model utility and the forget / retain scores, as open-unlearning computes them.
 
-Built on :func:`lune_hf.evaluation.score_answers` (per-token log-probabilities, teacher forcing) and
-:func:`lune_hf.evaluation.generate_answers` (greedy answers), and on the pure metrics of
-:mod:`lune_hf.metrics.functional`. Definitions (open-unlearning's ``configs/eval/tofu_metrics``):
+Built on :func:`lune_hf.evaluation.score_answers` (per-token log-probabilities, teacher forcing), on
+:class:`lune_hf.evaluator.Evaluator` (greedy answers and ROUGE-L, as in training checks and ``lune-hf eval``)
+and on the pure metrics of :mod:`lune_hf.metrics.functional`. Definitions (open-unlearning's
+``configs/eval/tofu_metrics``):
 
 * ``probability``: length-normalised probability of the gold answer, ``exp(-NLL / |y|)``, averaged over rows
   (``forget_Q_A_Prob``, ``retain_Q_A_Prob``).
@@ -26,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation import generate_answers, score_answers
+from ..evaluation import score_answers
+from ..evaluator import Evaluator
 from ..metrics import functional as F
-from .data import SYSTEM_PROMPT, TofuSets, _head, make_prompt
+from .data import SYSTEM_PROMPT, TofuSets, _head, make_prompt, to_rows
 
 __all__ = ["UTILITY_SETS", "evaluate_tofu", "normalised_probability", "score_pairs"]
 
@@ -118,15 +120,19 @@ def evaluate_tofu(
     by_set = _score_every_answer(model, tokenizer, eval_sets, has_perturbed, prompts_of, fmt, batch_size, max_length,
                                  progress)
     result = _probabilities_and_truth_ratios(by_set, has_perturbed)
-    for name, rows in eval_sets.items():  # greedy answers, ROUGE-L
-        predictions = generate_answers(model, tokenizer, prompts_of(rows), max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, progress=progress)
-        result[f"{name}_rouge"] = F.rouge_l(predictions, [a.strip() for a in rows["answer"]])["rouge_l"]
-        if name == "forget":
-            result["forget_samples"] = [
-                {"question": q, "answer": a, "generated": p}
-                for q, a, p in list(zip(rows["question"], rows["answer"], predictions, strict=True))[:samples]
-            ]
+    # Greedy answers and ROUGE-L through the same Evaluator as training checks and `lune-hf eval`.
+    evaluator = Evaluator({name: to_rows(rows, fmt, system_prompt) for name, rows in eval_sets.items()}, tokenizer,
+                          metrics=("rouge_l",), max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          progress=progress)
+    scores = evaluator.evaluate(model)
+    for name in eval_sets:
+        result[f"{name}_rouge"] = scores[f"{name}/rouge_l"]
+    forget = eval_sets["forget"]
+    predictions = [r["prediction"] for r in evaluator.last_rows["forget"]]
+    result["forget_samples"] = [
+        {"question": q, "answer": a, "generated": p}
+        for q, a, p in list(zip(forget["question"], forget["answer"], predictions, strict=True))[:samples]
+    ]
     return _aggregates(result, reference_truth_ratios)
 
 
