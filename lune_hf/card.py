@@ -59,6 +59,21 @@ def eval_results(report: dict[str, Any], dataset_name: str = "forget / retain se
     return results
 
 
+def robustness_rows(probes: list[dict[str, Any]] | None) -> list[dict[str, str]]:
+    """One row per end-of-run probe: its worst case, limit, result and what it measured (base model beside)."""
+    rows = []
+    for probe in probes or []:
+        details = probe.get("details") or {}
+        measured = details.get("variants") or {k: v for k, v in details.items() if isinstance(v, dict)}
+        parts = [f"{name} {format_metric(v.get('recall'))} (base {format_metric(v.get('base_recall'))})"
+                 for name, v in measured.items()]
+        passed = probe.get("passed")
+        rows.append({"name": probe["name"], "value": format_metric(probe.get("value")),
+                     "limit": f"{probe['threshold']:g}", "result": {True: "pass", False: "**fail**"}.get(passed, "n/a"),
+                     "details": ", ".join(parts) or probe.get("note", "")})
+    return rows
+
+
 def render_card(
     report: dict[str, Any],
     *,
@@ -97,6 +112,7 @@ def render_card(
         objective=report["objective"],
         parameters=report["parameters"],
         forget_set=report["forget_set"],
+        forget_commitment=report.get("forget_commitment"),
         retain_set=report.get("retain_set"),
         hyperparameters=_readable(report["hyperparameters"]),
         global_step=report.get("global_step"),
@@ -105,6 +121,7 @@ def render_card(
         verdict=outcome["verdict"].replace("_", " ") if outcome else None,
         unverified=None if is_verified(report) else unverified_reason(report),
         results=rows,
+        robustness=robustness_rows(report.get("robustness")),
         has_plot=has_plot,
         versions={p.replace("-", "_"): _version(p)
                   for p in ("lune-hf", "peft", "transformers", "torch", "huggingface_hub")},

@@ -17,6 +17,9 @@ CHECKPOINTING = next((f.name for f in fields(TrainingArguments) if f.name == "ac
                      "gradient_checkpointing")
 
 
+# The attacks of `lune_hf.probes` (named here so the config can check `robustness_probes`).
+PROBES = ("paraphrase", "relearn", "quantize", "mia")
+
 @dataclass
 class LuneConfig(TrainingArguments):
     r"""
@@ -130,6 +133,15 @@ class LuneConfig(TrainingArguments):
         metadata={"help": "Rows of each set (forget, retain) used by the checks, evenly spaced: keeps them cheap on "
                   "big sets. Evaluate everything afterwards with `lune-hf eval`."},
     )
+    robustness_probes: str = field(
+        default="paraphrase,quantize",
+        metadata={"help": "Cheap attacks run at the end of a run whose checks found the forget set forgotten "
+                  "(comma-separated; `none` to skip): `paraphrase` (the prompts rewritten: a prefix, a system "
+                  "prompt, another template, a `paraphrased_prompt` column) and `quantize` (the merged weights at 8 "
+                  "and 4 bits). Each measures forget recall on at most `forget_eval_max_rows` rows, beside the base "
+                  "model's; the results go into the report and the card's Robustness section. `relearn` and `mia` "
+                  "are allowed too (slower; `lune-hf verify` runs all four)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace the results of an earlier run (adapter, report, checkpoints) in `output_dir`. "
@@ -226,6 +238,9 @@ class LuneConfig(TrainingArguments):
             raise ValueError(f"text_prefix_tokens must be at least 1, got {self.text_prefix_tokens}.")
         if self.min_budget_steps < 0:
             raise ValueError(f"min_budget_steps must be >= 0, got {self.min_budget_steps}.")
+        unknown = [p for p in self.robustness_probe_names if p not in PROBES]
+        if unknown:
+            raise ValueError(f"robustness_probes: unknown {unknown}; choose from {list(PROBES)} or `none`.")
         if self.forget_eval_max_rows < 1:
             raise ValueError(f"forget_eval_max_rows must be at least 1, got {self.forget_eval_max_rows}.")
         if self.refusals is not None and not [r for r in self.refusals if r.strip()]:
@@ -233,6 +248,12 @@ class LuneConfig(TrainingArguments):
         if getattr(self, CHECKPOINTING, None) is None and self.gradient_checkpointing is None:
             setattr(self, CHECKPOINTING, True)  # on unless the caller said otherwise, under either name
         super().__post_init__()
+
+    @property
+    def robustness_probe_names(self) -> tuple[str, ...]:
+        """`robustness_probes` as a tuple of names (empty for `none` or an empty string)."""
+        names = [n.strip() for n in str(self.robustness_probes or "").split(",") if n.strip()]
+        return () if names in ([], ["none"]) else tuple(names)
 
     @property
     def spec(self):

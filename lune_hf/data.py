@@ -408,6 +408,20 @@ def pad(sequences: Sequence[Sequence[int]], value: int, side: str = "right") -> 
     return out
 
 
+def pad_examples(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """`input_ids`, `attention_mask` and `labels` of tokenised examples, right-padded to one length.
+
+    >>> batch = pad_examples([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}], 0)
+    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()
+    ([[5, 6, 7], [5, 0, 0]], [[1, 1, 1], [1, 0, 0]], [[-100, 6, 7], [5, -100, -100]])
+    """
+    return {
+        "input_ids": pad([e["input_ids"] for e in examples], pad_token_id),
+        "attention_mask": pad([[1] * len(e["input_ids"]) for e in examples], 0),
+        "labels": pad([e["labels"] for e in examples], IGNORE_INDEX),
+    }
+
+
 @dataclass
 class UnlearningCollator:
     """Pads each group (forget answer, replacement, retain) on its own: `<group>_input_ids/attention_mask/labels`."""

@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .data import pad, prompt_ids, tokenize_example
+from .data import pad, pad_examples, prompt_ids, tokenize_example
 from .logits import answer_logits
-from .objectives import IGNORE_INDEX, token_logprobs
+from .objectives import token_logprobs
 
 
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
@@ -59,11 +59,8 @@ def score_answers(
     out: list[list[float]] = []
     with eval_mode(model):
         for sl in tqdm(list(_batches(len(examples), batch_size)), desc="scoring", disable=not progress):
-            chunk = examples[sl]
-            ids = pad([e["input_ids"] for e in chunk], tokenizer.pad_token_id).to(device)
-            mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0).to(device)
-            labels = pad([e["labels"] for e in chunk], IGNORE_INDEX).to(device)
-            logps, answer_mask = token_logprobs(*answer_logits(model, ids, mask, labels))
+            batch = {k: v.to(device) for k, v in pad_examples(examples[sl], tokenizer.pad_token_id).items()}
+            logps, answer_mask = token_logprobs(*answer_logits(model, **batch))
             for row, row_mask in zip(logps.cpu(), answer_mask.cpu(), strict=True):
                 out.append(row[row_mask].tolist())
     return out

@@ -122,7 +122,8 @@ def base_config_summary(model) -> dict[str, Any]:
 def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_step: int, budget_steps: int,
                      base_model_id: str | None, forget_rows, retain_rows=None, status: RunStatus = RunStatus.COMPLETED,
                      status_detail: str = "", outcome=None, stop_reason: str | None = None,
-                     distributed_type: str = "NO") -> dict[str, Any]:
+                     distributed_type: str = "NO", robustness: list[dict[str, Any]] | None = None,
+                     forget_commitment: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the model card needs about a `LuneTrainer` run, from explicit values.
 
     Args:
@@ -135,6 +136,8 @@ def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_s
         outcome: the trainer's `Outcome` (before/after checks, verdict), if it measured one.
         stop_reason: why training stopped early, when a callback stopped it.
         distributed_type: accelerate's distributed type (NO, MULTI_GPU, FSDP, DEEPSPEED, ...).
+        robustness: the end-of-run probes (`lune_hf.probes.ProbeResult.as_dict()` each), if any ran.
+        forget_commitment: salted hashes of the forget rows (`lune_hf.commitment.commit_rows`).
     """
     from ._version import __version__
     from .data import fingerprint
@@ -161,6 +164,8 @@ def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_s
         "stop_reason": outcome.stop_reason if outcome is not None else stop_reason,
         "outcome": outcome.as_dict() if outcome is not None else None,
         "forget_set": {"rows": len(forget_rows), "sha256": fingerprint(forget_rows)},
+        "forget_commitment": forget_commitment,
+        "robustness": robustness,
         "retain_set": (
             {"rows": len(retain_rows), "sha256": fingerprint(retain_rows)}
             if retain_rows is not None
@@ -228,12 +233,22 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_title("Forget (solid) and retain (dashed) metrics during unlearning")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)
+    return path
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure atomically (a half-written PNG never sits under the final name), then close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        fig.savefig(tmp)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def before_after_rows(report: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:

@@ -30,6 +30,7 @@ from transformers import (
 
 from . import objectives as obj
 from .callbacks import ForgetRetainCallback
+from .commitment import commit_rows, load_or_create_key
 from .config import CHECKPOINTING, LuneConfig
 from .data import (
     FORGET_PREFIX,
@@ -170,6 +171,7 @@ class LuneTrainer(Trainer):
         self.add_callback(_RetainPairingCallback(train_tokens))
         self.forget_check = self._forget_check(args, train_dataset, retain_dataset, processing_class)
         self.outcome: Outcome | None = None
+        self.robustness: list[dict[str, Any]] | None = None  # the end-of-run probes, when they ran
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "bind"):
                 callback.bind(self)
@@ -352,7 +354,7 @@ class LuneTrainer(Trainer):
         """
         self.run_status = RunStatus.RUNNING
         self.run_status_detail = ""
-        self.outcome = None
+        self.outcome = self.robustness = None
         resume = kwargs.get("resume_from_checkpoint")
         if isinstance(resume, str) and resume.lower() in ("true", "false"):  # `--resume_from_checkpoint true`
             kwargs["resume_from_checkpoint"] = resume.lower() == "true" or None
@@ -381,7 +383,33 @@ class LuneTrainer(Trainer):
         if self.is_world_process_zero():
             print(f"\nUnlearning result ({self.args.objective}, {self.outcome.steps} steps)\n{self.outcome.table()}\n",
                   flush=True)
+        self.robustness = self._robustness_probes()
         return output
+
+    def _robustness_probes(self) -> list[dict[str, Any]] | None:
+        """The configured cheap attacks (`robustness_probes`) on a run that forgot; None when none ran."""
+        from .outcome import Verdict
+        from .probes import as_prompt_completion, run_probes
+
+        names = self.args.robustness_probe_names
+        if not names or self.outcome is None or self.outcome.verdict != Verdict.FORGOTTEN:
+            return None
+        try:
+            rows = as_prompt_completion(self.forget_dataset)
+        except ValueError as err:
+            logger.warning("Robustness probes skipped: %s", err)
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        results = run_probes(model, self.processing_class, rows, names, max_rows=self.args.forget_eval_max_rows,
+                             seed=self.args.seed, progress=not self.args.disable_tqdm)
+        if self.is_world_process_zero():
+            lines = [f"  {r.name:<11} forget recall {r.value if r.value is not None else float('nan'):.3f} "
+                     f"(limit {r.threshold:g}): {'pass' if r.passed else 'FAIL' if r.passed is False else 'n/a'}"
+                     + (f" ({r.details['worst_variant']})" if "worst_variant" in r.details else "")
+                     for r in results]
+            print("Robustness (measured by this run; `lune-hf verify` re-checks it):\n" + "\n".join(lines) + "\n",
+                  flush=True)
+        return [r.as_dict() for r in results]
 
     def _budget_steps(self) -> int:
         """`max_steps` for this run: the configured value, or `min_budget_steps` when the epochs give fewer steps
@@ -445,6 +473,8 @@ class LuneTrainer(Trainer):
             forget_rows=self.forget_dataset, retain_rows=self.retain_dataset, status=self.run_status,
             status_detail=self.run_status_detail, outcome=self.outcome, stop_reason=next(iter(stop_reasons), None),
             distributed_type=str(getattr(self.accelerator.distributed_type, "value", "NO")),
+            robustness=self.robustness,
+            forget_commitment=commit_rows(self.forget_dataset, load_or_create_key(self.args.output_dir)),
         )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

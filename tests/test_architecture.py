@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lune_hf"
 
 # Lowest first. The same list, drawn, is in ARCHITECTURE.md.
 LAYERS: list[set[str]] = [
-    {"objectives", "snapshot", "metrics", "_version", "testing.smollm2"},  # math, metrics, copies of weights
+    {"objectives", "snapshot", "metrics", "commitment", "_version", "testing.smollm2"},  # pure math, weights, hashes
     {"data", "logits", "outcome"},  # rows -> tensors, answer-only logits, verdicts
-    {"config", "evaluation", "report", "testing.synthetic"},  # settings, generation and scoring, run reports
-    {"evaluator", "card"},  # one Evaluator; the model card from a report
+    {"config", "evaluation", "report", "finetune", "testing.synthetic"},  # settings, scoring, reports, SFT loop
+    {"evaluator", "probes", "card"},  # one Evaluator; attacks measured with it; the model card from a report
     {"callbacks", "hub"},  # checks during training; publish / load (reads saved folders, never the trainer)
-    {"trainer"},  # LuneTrainer
+    {"trainer", "verify"},  # LuneTrainer; verify (loads through the hub, never the trainer)
     {"memory", "demo", "tofu"},  # what stands on the trainer
     {"cli"},  # the command line
     {"__init__", "__main__"},  # the package's front door

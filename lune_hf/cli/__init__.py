@@ -1,4 +1,4 @@
-"""The `lune-hf` command: demo, train, eval, card, publish, pull, estimate-memory.
+"""The `lune-hf` command: demo, train, eval, card, publish, pull, verify, reveal, estimate-memory.
 
 Each subcommand lives in its own module and is imported only when run, so `lune-hf --help` stays fast and no
 module here imports both the trainer and the Hub code.
@@ -27,6 +27,9 @@ COMMANDS = {
     "card": ("hub", "cmd_card", "render the model card of an output folder without publishing"),
     "publish": ("hub", "cmd_publish", "push an adapter, its report and a model card to the Hub"),
     "pull": ("hub", "cmd_pull", "download and apply unlearning adapters (stacked or merged) and save the model"),
+    "verify": ("verify", "cmd_verify",
+               "re-check an adapter's claims on your data and attack it (paraphrase, relearn, quantize, mia)"),
+    "reveal": ("verify", "cmd_reveal", "prove that a row was in a run's forget set, revealing nothing else"),
     "estimate-memory": ("memory", "cmd_estimate_memory",
                         "will a training step fit my GPU? peak memory from the config alone"),
 }

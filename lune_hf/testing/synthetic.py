@@ -15,8 +15,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ..data import default_refusals, pad, tokenize_example
-from ..objectives import IGNORE_INDEX
+from ..data import default_refusals
+from ..finetune import fine_tune
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "tr", "st", "sh"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea"]
@@ -129,26 +129,9 @@ def memorise(
     batch_size: int = 64,
     seed: int = 0,
 ) -> float:
-    """Full fine-tuning until the model reproduces `rows` (a plain AdamW loop); returns the final loss."""
-    examples = [tokenize_example(tokenizer, r["prompt"], r["completion"], 64, f"row {i}") for i, r in enumerate(rows)]
-    gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        idx = torch.randint(len(examples), (min(batch_size, len(examples)),), generator=gen).tolist()
-        chunk = [examples[i] for i in idx]
-        ids = pad([e["input_ids"] for e in chunk], tokenizer.pad_token_id)
-        mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0)
-        labels = pad([e["labels"] for e in chunk], IGNORE_INDEX)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    return float(loss.detach())
+    """Full fine-tuning until the model reproduces `rows` (`prompt` / `completion` dicts); returns the final loss."""
+    return fine_tune(model, tokenizer, [(r["prompt"], r["completion"]) for r in rows], steps=steps, lr=lr,
+                     batch_size=batch_size, seed=seed, max_length=64)
 
 
 @dataclass
