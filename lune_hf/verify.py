@@ -9,6 +9,7 @@ quantize, mia) and says, claim by claim and probe by probe, whether it holds. `l
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,18 +98,19 @@ class Verification:
 
     def table(self) -> str:
         """The plain-text table `lune-hf verify` prints."""
-        lines = [f"{'check':<34}{'claimed':>9}{'measured':>10}{'limit':>9}  result"]
+        lines = [f"{'check':<40}{'claimed':>9}{'measured':>10}{'limit':>9}  result"]
         tol = self.thresholds.claim_tolerance
         for c in self.claims:
-            limit = f"{'+' if c.metric.startswith('forget/') else '-'}{tol:g}"
-            lines.append(f"{'claim ' + c.metric:<34}{c.claimed:>9.3f}{_fmt(c.measured):>10}{limit:>9}  "
+            limit = (f"<={c.claimed:g}" if c.metric.startswith("verdict")
+                     else f"{'+' if c.metric.startswith('forget/') else '-'}{tol:g}")
+            lines.append(f"{'claim ' + c.metric:<40}{c.claimed:>9.3f}{_fmt(c.measured):>10}{limit:>9}  "
                          f"{_verdict(c.passed)}")
         for p in self.probes:
             label = f"probe {p.name}" + (f" ({p.details['worst_variant']})" if "worst_variant" in p.details else "")
-            lines.append(f"{label:<34}{'':>9}{_fmt(p.value):>10}{'<=' + format(p.threshold, 'g'):>9}  "
+            lines.append(f"{label:<40}{'':>9}{_fmt(p.value):>10}{'<=' + format(p.threshold, 'g'):>9}  "
                          f"{_verdict(p.passed)}{'  ' + p.note if p.note else ''}")
         if self.proof is not None:
-            lines.append(f"{'proof of forget-set membership':<34}{'':>9}{'':>10}{'':>9}  {_verdict(self.proof)}")
+            lines.append(f"{'proof of forget-set membership':<40}{'':>9}{'':>10}{'':>9}  {_verdict(self.proof)}")
         lines.append(f"\n{'PASSED' if self.passed else 'FAILED'}: " + (
             "every claim and probe holds." if self.passed else "at least one claim or probe does not hold."))
         return "\n".join(lines + self.notes)
@@ -116,8 +118,9 @@ class Verification:
     def markdown(self) -> str:
         rows = ["| check | claimed | measured | limit | result |", "| --- | ---: | ---: | ---: | --- |"]
         for c in self.claims:
-            rows.append(f"| claim `{c.metric}` | {c.claimed:.3f} | {_fmt(c.measured)} | "
-                        f"±{self.thresholds.claim_tolerance:g} | {_verdict(c.passed)} |")
+            limit = f"<= {c.claimed:g}" if c.metric.startswith("verdict") else f"±{self.thresholds.claim_tolerance:g}"
+            rows.append(f"| claim `{c.metric}` | {c.claimed:.3f} | {_fmt(c.measured)} | {limit} | "
+                        f"{_verdict(c.passed)} |")
         for p in self.probes:
             rows.append(f"| probe `{p.name}` | | {_fmt(p.value)} | <= {p.threshold:g} | {_verdict(p.passed)} "
                         f"{p.note} |")
@@ -200,6 +203,20 @@ def recheck_claims(report: Mapping[str, Any] | None, measured: Mapping[str, floa
     return claims
 
 
+def recheck_verdict(report: Mapping[str, Any] | None, measured: Mapping[str, float]) -> Claim | None:
+    """The report's verdict as a claim: "forgotten" means the forget metric meets the run's target; a run that
+    did not forget claims nothing, and says so (the check fails: the adapter is not an unlearning result)."""
+    outcome = (report or {}).get("outcome") or {}
+    match = re.fullmatch(r"\s*(?:forget/)?(\w+)\s*<=\s*([0-9.eE+-]+)\s*", str(outcome.get("target", "")))
+    key = f"forget/{match.group(1)}" if match else None
+    if key not in measured:
+        return None
+    limit = float(match.group(2))
+    claimed_forgotten = outcome.get("verdict") == "forgotten"
+    return Claim(f"verdict {outcome.get('verdict')} ({key})", limit, float(measured[key]),
+                 bool(claimed_forgotten and measured[key] <= limit))
+
+
 def _claimed_metrics(report: Mapping[str, Any] | None) -> tuple[str, ...]:
     keys = {key.split("/", 1)[1] for key, _, after in before_after_rows(dict(report or {})) if after is not None}
     return tuple(m for m in METRICS if m in keys) or ("recalled",)
@@ -271,7 +288,8 @@ def verify(
     result.rows = {name: len(rows) for name, rows in sets.items()} | ({"holdout": len(holdout)} if holdout else {})
     measured = Evaluator(sets, tokenizer, metrics=_claimed_metrics(report), batch_size=batch_size,
                          progress=progress).evaluate(model)
-    result.claims = recheck_claims(report, measured, thresholds.claim_tolerance)
+    verdict = recheck_verdict(report, measured)
+    result.claims = ([verdict] if verdict else []) + recheck_claims(report, measured, thresholds.claim_tolerance)
     result.probes = run_probes(model, tokenizer, forget, probes, thresholds=vars(thresholds), holdout=holdout,
                                paraphrases=paraphrases, max_rows=max_rows, batch_size=batch_size, seed=seed,
                                relearn_steps=relearn_steps, relearn_lr=relearn_lr, progress=progress)

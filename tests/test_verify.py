@@ -105,13 +105,14 @@ def test_verify_rechecks_the_claims_and_exits_by_the_result(unlearned, tmp_path)
     assert claims["forget/recalled"]["measured"] <= 0.1 and claims["retain/recalled"]["measured"] >= 0.9
     assert code == (0 if result["passed"] else 1)
     assert all(c["passed"] for c in result["claims"])
+    assert result["claims"][0]["metric"] == "verdict forgotten (forget/recalled)"
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").stat().st_size > 0
 
     # the retain rows passed off as the forget set: the "forgotten" claim does not hold on them
     wrong = tmp_path / "wrong.json"
     assert main(["verify", *common, "--forget", str(files / "retain.jsonl"), "--probes", "--json", str(wrong)]) == 1
     failed = {c["metric"] for c in json.loads(wrong.read_text())["claims"] if not c["passed"]}
-    assert "forget/recalled" in failed
+    assert {"forget/recalled", "verdict forgotten (forget/recalled)"} <= failed
 
 
 def test_paraphrase_probe_catches_an_adapter_that_forgets_only_the_exact_prompts(memorised, memorised_copy, tmp_path):
