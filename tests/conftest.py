@@ -59,6 +59,21 @@ def rows(facts, replacement: bool = False) -> Dataset:
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`lune-hf demo` run once for the session: its result and everything it printed. Its folder holds the base
+    model (`base_model/`), the data (`data/forget.jsonl`, `data/retain.jsonl`) and the adapter with its report."""
+    import contextlib
+    import io
+
+    from lune_hf.demo import run_demo
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = run_demo(tmp_path_factory.mktemp("demo") / "lune-demo")
+    return result, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
 def demo_files(memorised, tmp_path_factory):
     """The memorised base model and its forget / retain data as files, laid out like `lune-hf demo` does."""
     root = tmp_path_factory.mktemp("cli")

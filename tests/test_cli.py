@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from lune_hf.cli import main
-from lune_hf.demo import run_demo
 from lune_hf.report import MARKDOWN_FILE, PLOT_FILE, REPORT_FILE, read_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,14 +77,13 @@ def test_unknown_command_exits_2(capsys):
     assert "unknown command" in capsys.readouterr().err
 
 
-def test_demo_meets_its_thresholds(tmp_path, capsys):
-    result = run_demo(tmp_path / "demo")
-    out = capsys.readouterr().out
+def test_demo_meets_its_thresholds(demo_run):
+    result, out = demo_run
     assert result.after["forget/exact_match"] <= 0.1
     assert result.after["retain/exact_match"] >= 0.9 * result.before["retain/exact_match"]
     assert "forget/exact_match" in out and "sample answers" in out and MARKDOWN_FILE in out
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", REPORT_FILE, PLOT_FILE):
-        assert (tmp_path / "demo" / name).is_file(), name
+        assert (result.output_dir / name).is_file(), name
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "eval", "card", "publish", "pull", "estimate-memory"])

@@ -9,7 +9,6 @@ import stat
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lune_hf import LuneConfig, LuneTrainer
 from lune_hf.cli import main
@@ -20,24 +19,14 @@ from lune_hf.report import read_report
 
 
 @pytest.fixture(scope="module")
-def unlearned(demo_files, tmp_path_factory):
-    """A LUNE adapter trained with the defaults (`LuneConfig(output_dir=...)`) on the demo's forget / retain files."""
-    out = tmp_path_factory.mktemp("verify") / "adapter"
-    base = demo_files / "base_model"
-    forget = Dataset.from_json(str(demo_files / "data" / "forget.jsonl"))
-    retain = Dataset.from_json(str(demo_files / "data" / "retain.jsonl"))
-    trainer = LuneTrainer(AutoModelForCausalLM.from_pretrained(base),
-                          LuneConfig(output_dir=str(out), report_to="none", disable_tqdm=True),
-                          train_dataset=forget, retain_dataset=retain,
-                          processing_class=AutoTokenizer.from_pretrained(base))
-    trainer.train()
-    trainer.save_model()
-    trainer.create_model_card()
-    return {"folder": out, "base": base, "forget": forget, "retain": retain, "trainer": trainer,
-            "files": demo_files / "data"}
+def unlearned(demo_run):
+    """The demo's run: a LUNE adapter trained with the `LuneConfig` defaults on its forget / retain files."""
+    folder = demo_run[0].output_dir
+    return {"folder": folder, "base": folder / "base_model", "files": folder / "data",
+            "forget": Dataset.from_json(str(folder / "data" / "forget.jsonl"))}
 
 
-def test_the_run_records_robustness_and_a_commitment_that_holds_no_text(unlearned):
+def test_the_run_records_robustness_and_a_commitment_that_holds_no_text(unlearned, tmp_path):
     folder, forget = unlearned["folder"], unlearned["forget"]
     report = read_report(folder)
     assert report["outcome"]["verdict"] == "forgotten"
@@ -50,7 +39,9 @@ def test_the_run_records_robustness_and_a_commitment_that_holds_no_text(unlearne
         measured = details.get("variants") or {k: v for k, v in details.items() if isinstance(v, dict)}
         assert all(v["base_recall"] == 1.0 for v in measured.values())
         assert probe["value"] == max(v["recall"] for v in measured.values())
-    card = (folder / "README.md").read_text()
+    assert main(["card", str(folder), "me/demo-forget", "--base-model", "me/demo-base", "--output",
+                 str(tmp_path / "README.md")]) == 0
+    card = (tmp_path / "README.md").read_text()
     assert "## Robustness" in card and f"| paraphrase | {probes['paraphrase']['value']:.3f} |" in card
 
     commitment = report["forget_commitment"]
