@@ -14,7 +14,7 @@ from lune_hf import LuneConfig, LuneTrainer
 from lune_hf.cli import main
 from lune_hf.commitment import KEY_FILE, check_proof, commit_rows, load_key, reveal
 from lune_hf.demo import split_facts
-from lune_hf.probes import paraphrase_probe, prompt_variants, quantize_weights, recall, relearn_probe
+from lune_hf.probes import mia_probe, paraphrase_probe, prompt_variants, quantize_weights, recall, relearn_probe
 from lune_hf.report import read_report
 
 
@@ -175,3 +175,16 @@ def test_prompt_variants_of_plain_and_chat_rows(memorised):
 def test_recall_of_the_memorised_model_is_full(memorised):
     rows = Dataset.from_list([f.row() for f in memorised.facts[:8]])
     assert recall(copy.deepcopy(memorised.model), memorised.tokenizer, rows) == 1.0
+
+
+def test_mia_probe_tells_memorised_rows_from_unseen_ones(memorised):
+    forget, _ = split_facts(memorised.facts)
+    members = Dataset.from_list([f.row() for f in forget])
+    # the same questions with answers the model never saw (each fact's answer moved to the next question)
+    unseen = Dataset.from_list([{"prompt": f.prompt, "completion": g.completion}
+                                for f, g in zip(forget, forget[1:] + forget[:1], strict=True)])
+    result = mia_probe(memorised.model, memorised.tokenizer, members, unseen)
+    assert result.value >= 0.9 and result.passed is False  # memorised rows stand out
+    assert "base_auc" not in result.details  # a plain model: no adapter to switch off
+    skipped = mia_probe(memorised.model, memorised.tokenizer, members, None)
+    assert skipped.passed is None and "holdout" in skipped.note
