@@ -394,6 +394,11 @@ class LuneTrainer(Trainer):
         names = self.args.robustness_probe_names
         if not names or self.outcome is None or self.outcome.verdict != Verdict.FORGOTTEN:
             return None
+        sharded = str(getattr(self.accelerator.distributed_type, "value", "NO")) in ("FSDP", "DEEPSPEED")
+        if sharded:  # the probes copy and merge the whole model: not on sharded weights
+            logger.warning("Robustness probes skipped under %s: run `lune-hf verify` on the saved adapter.",
+                           self.accelerator.distributed_type)
+            return None
         try:
             rows = as_prompt_completion(self.forget_dataset)
         except ValueError as err:
