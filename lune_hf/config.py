@@ -140,7 +140,8 @@ class LuneConfig(TrainingArguments):
                   "prompt, another template, a `paraphrased_prompt` column) and `quantize` (the merged weights at 8 "
                   "and 4 bits). Each measures forget recall on at most `forget_eval_max_rows` rows, beside the base "
                   "model's; the results go into the report and the card's Robustness section. `relearn` and `mia` "
-                  "are allowed too (slower; `lune-hf verify` runs all four)."},
+                  "are allowed too (slower; `lune-hf verify` runs all four). Skipped on FSDP / DeepSpeed-sharded "
+                  "models."},
     )
     overwrite_output_dir: bool = field(
         default=False,
