@@ -56,7 +56,7 @@ def _row(name: str, result, seconds: float, extra: dict[str, Any]) -> dict[str, 
     }
 
 
-def run_demo(objectives: list[str], work: Path) -> list[dict[str, Any]]:
+def run_demo(objectives: list[str], work: Path, keep) -> None:
     from datasets import Dataset
 
     from lune_hf import LuneConfig, LuneTrainer
@@ -75,7 +75,6 @@ def run_demo(objectives: list[str], work: Path) -> list[dict[str, Any]]:
     forget, retain = split_facts(known)
     sets = {name: Dataset.from_list([f.row() for f in group])
             for name, group in (("forget", forget), ("retain", retain), ("holdout", unseen))}
-    rows = []
     for spec in objectives:
         name, overrides = parse_objective(spec)
         folder = work / spec.replace("[", "_").replace("]", "").replace(",", "_")
@@ -92,13 +91,12 @@ def run_demo(objectives: list[str], work: Path) -> list[dict[str, Any]]:
         result = verify(folder, sets["forget"], retain=sets["retain"], holdout=sets["holdout"],
                         base_model=str(base_dir), progress=False)
         print(result.table(), flush=True)
-        rows.append(_row(spec, result, time.perf_counter() - start, {
+        keep(_row(spec, result, time.perf_counter() - start, {
             "verdict": trainer.outcome.verdict.value if trainer.outcome else None,
             "steps": trainer.state.global_step, "train_s": round(train_s, 1)}))
-    return rows
 
 
-def run_tofu(objectives: list[str], work: Path, data: str, cache: Path) -> list[dict[str, Any]]:
+def run_tofu(objectives: list[str], work: Path, data: str, cache: Path, keep) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lune_hf.data import ensure_pad_token
@@ -110,7 +108,6 @@ def run_tofu(objectives: list[str], work: Path, data: str, cache: Path) -> list[
     sets = tofu_sets(data, "forget01", n_authors=6, max_eval_rows=20)
     forget, retain = to_rows(sets.forget, "chat"), to_rows(sets.retain, "chat")
     holdout = to_rows(load_tofu("holdout01", data), "chat")
-    rows = []
     for spec in objectives:
         name, overrides = parse_objective(spec)
         folder = work / spec.replace("[", "_").replace("]", "").replace(",", "_")
@@ -126,10 +123,9 @@ def run_tofu(objectives: list[str], work: Path, data: str, cache: Path) -> list[
                         progress=True)
         print(result.table(), flush=True)
         report = json.loads((folder / "unlearning_report.json").read_text())
-        rows.append(_row(spec, result, time.perf_counter() - start, {
+        keep(_row(spec, result, time.perf_counter() - start, {
             "verdict": (report.get("outcome") or {}).get("verdict"), "steps": report.get("global_step"),
             "train_s": round(train_s, 1)}))
-    return rows
 
 
 def write_markdown(rows: list[dict[str, Any]], path: Path, setup: str, command: str) -> None:
@@ -165,6 +161,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "lune_hf")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--fresh", action="store_true", help="Start the results file over (default: add rows).")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     import torch
@@ -172,19 +169,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = args.cache / "robustness" / args.setup
     work.mkdir(parents=True, exist_ok=True)
-    if args.setup == "demo":
-        objectives = args.objectives or ["lune", "lune[negative_weight=1]", "npo", "graddiff", "ga"]
-        rows = run_demo(objectives, work)
-    else:
-        objectives = args.objectives or ["lune", "lune[negative_weight=1]",
-                                         "npo[learning_rate=1e-3,num_train_epochs=10]"]
-        rows = run_tofu(objectives, work, args.data, args.cache)
     out = args.json or RESULTS / f"robustness_{args.setup}.json"
-    out.write_text(json.dumps(rows, indent=2, default=str) + "\n", encoding="utf-8")
-    write_markdown(rows, out.with_suffix(".md"), args.setup, "python " + " ".join(
-        [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]))
-    print(f"Written {out} and {out.with_suffix('.md')}")
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    rows = json.loads(out.read_text()) if out.is_file() and not args.fresh else []
 
+    def keep(row: dict[str, Any]) -> None:
+        """Write the results after every objective (a later run of the same objective replaces its row)."""
+        rows[:] = [r for r in rows if r["objective"] != row["objective"]] + [row]
+        out.write_text(json.dumps(rows, indent=2, default=str) + "\n", encoding="utf-8")
+        write_markdown(rows, out.with_suffix(".md"), args.setup, command)
+        print(f"Written {out} and {out.with_suffix('.md')}", flush=True)
+
+    if args.setup == "demo":
+        run_demo(args.objectives or ["lune", "lune[negative_weight=1]", "npo", "graddiff", "ga"], work, keep)
+    else:
+        run_tofu(args.objectives or ["lune", "lune[negative_weight=1]", "npo[learning_rate=1e-3,num_train_epochs=10]"],
+                 work, args.data, args.cache, keep)
 
 if __name__ == "__main__":
     main()
