@@ -222,6 +222,35 @@ def _claimed_metrics(report: Mapping[str, Any] | None) -> tuple[str, ...]:
     return tuple(m for m in METRICS if m in keys) or ("recalled",)
 
 
+def _download(adapter: str | Path, **hub: Any) -> Path:
+    """The adapter's folder: itself when local, else its files downloaded from the Hub (no weights of the base)."""
+    return _local_copy(adapter, cache_dir=None, allow_patterns=ADAPTER_DOWNLOAD, **hub)
+
+
+def _check_proof(adapter: str | Path, report: Mapping[str, Any] | None, proof: Mapping[str, Any]) -> bool:
+    commitment = (report or {}).get("forget_commitment")
+    if commitment is None:
+        raise ValueError(f"{adapter}: its report carries no forget-set commitment to check a proof against.")
+    return check_proof(commitment, proof)
+
+
+def check_membership(
+    adapter: str | Path,
+    proof: Mapping[str, Any],
+    *,
+    token: str | None = None,
+    endpoint: str | None = None,
+    revision: str | None = None,
+) -> tuple[bool, int]:
+    """Check a proof of forget-set membership (`lune-hf reveal`) against an adapter's report, loading no model.
+
+    Returns whether the proof holds and how many rows the commitment covers. Raises `ValueError` when the report
+    carries no commitment.
+    """
+    report = read_report(_download(adapter, token=token, revision=revision, endpoint=endpoint))
+    return _check_proof(adapter, report, proof), report["forget_commitment"]["rows"]
+
+
 def verify(
     adapter: str | Path,
     forget: Dataset,
@@ -268,16 +297,12 @@ def verify(
     if unknown:
         raise ValueError(f"Unknown probes {unknown}; choose from {list(PROBES)}.")
     forget = as_prompt_completion(forget)
-    folder = _local_copy(adapter, token=token, revision=revision, endpoint=endpoint, cache_dir=None,
-                         allow_patterns=ADAPTER_DOWNLOAD)
+    folder = _download(adapter, token=token, revision=revision, endpoint=endpoint)
     report = read_report(folder)
     notes = [] if report else ["The adapter has no unlearning_report.json: it claims nothing to re-check."]
     result = Verification(str(adapter), None, {"forget": len(forget)}, [], [], thresholds, notes=notes)
     if proof is not None:
-        commitment = (report or {}).get("forget_commitment")
-        if commitment is None:
-            raise ValueError(f"{adapter}: its report carries no forget-set commitment to check a proof against.")
-        result.proof = check_proof(commitment, proof)
+        result.proof = _check_proof(adapter, report, proof)
     base_model = _base_of([adapter], [_adapter_config(folder)], base_model)
     result.base_model = base_model
     model, tokenizer = load_unlearned(folder, base_model, token=token, endpoint=endpoint)

@@ -68,18 +68,11 @@ def cmd_verify(argv: Sequence[str]) -> int:
 
 
 def _check_proof_only(args, proof) -> int:
-    from ..commitment import check_proof
-    from ..hub import ADAPTER_DOWNLOAD, _local_copy
-    from ..report import read_report
+    from ..verify import check_membership
 
-    folder = _local_copy(args.adapter, token=args.token, revision=args.revision, endpoint=args.endpoint,
-                         cache_dir=None, allow_patterns=ADAPTER_DOWNLOAD)
-    commitment = (read_report(folder) or {}).get("forget_commitment")
-    if commitment is None:
-        raise ValueError(f"{args.adapter}: its report carries no forget-set commitment.")
-    ok = check_proof(commitment, proof)
-    print(f"The row {'IS' if ok else 'is NOT'} in the forget set {args.adapter} committed to "
-          f"({commitment['rows']} rows).")
+    ok, rows = check_membership(args.adapter, proof, token=args.token, endpoint=args.endpoint,
+                                revision=args.revision)
+    print(f"The row {'IS' if ok else 'is NOT'} in the forget set {args.adapter} committed to ({rows} rows).")
     return 0 if ok else 1
 
 
