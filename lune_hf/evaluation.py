@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .data import pad, pad_examples, prompt_ids, tokenize_example
 from .logits import answer_logits
-from .objectives import token_logprobs
+from .objectives import greedy_matches, token_logprobs
 
 
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
@@ -39,7 +39,47 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def greedy_prefix_share(matches: Sequence[bool], max_tokens: int = 16) -> float:
+    """Share of an answer's first `max_tokens` tokens that greedy decoding reproduces from its start.
+
+    `matches`: per answer token, whether it is the model's most likely next token under teacher forcing. The
+    leading run of matches is exactly what a greedy answer would copy; the first miss ends it.
+
+    >>> greedy_prefix_share([True, True, False, True])
+    0.5
+    >>> greedy_prefix_share([True] * 40, max_tokens=16)
+    1.0
+    >>> greedy_prefix_share([])
+    0.0
+    """
+    window = list(matches)[:max_tokens]
+    if not window:
+        return 0.0
+    leading = next((i for i, hit in enumerate(window) if not hit), len(window))
+    return leading / len(window)
+
+
 @torch.no_grad()
+def _teacher_forced(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Any], answers: Sequence[Any],
+                    batch_size: int, max_length: int, progress: bool) -> list[tuple[list[float], list[bool]]]:
+    """Per row: the answer tokens' log-probabilities and whether each is the greedy choice (one forward pass)."""
+    examples = [
+        tokenize_example(tokenizer, p, a, max_length, f"row {i}")
+        for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
+    ]
+    device = _device(model)
+    out: list[tuple[list[float], list[bool]]] = []
+    with eval_mode(model):
+        for sl in tqdm(list(_batches(len(examples), batch_size)), desc="scoring", disable=not progress):
+            batch = {k: v.to(device) for k, v in pad_examples(examples[sl], tokenizer.pad_token_id).items()}
+            logits, labels = answer_logits(model, **batch)
+            logps, answer_mask = token_logprobs(logits, labels)
+            greedy, _ = greedy_matches(logits, labels)
+            for row, hits, row_mask in zip(logps.cpu(), greedy.cpu(), answer_mask.cpu(), strict=True):
+                out.append((row[row_mask].tolist(), hits[row_mask].tolist()))
+    return out
+
+
 def score_answers(
     model,
     tokenizer: PreTrainedTokenizerBase,
@@ -51,19 +91,22 @@ def score_answers(
     progress: bool = False,
 ) -> list[list[float]]:
     """Per-token log-probabilities of each answer given its prompt (teacher forcing)."""
-    examples = [
-        tokenize_example(tokenizer, p, a, max_length, f"row {i}")
-        for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
-    ]
-    device = _device(model)
-    out: list[list[float]] = []
-    with eval_mode(model):
-        for sl in tqdm(list(_batches(len(examples), batch_size)), desc="scoring", disable=not progress):
-            batch = {k: v.to(device) for k, v in pad_examples(examples[sl], tokenizer.pad_token_id).items()}
-            logps, answer_mask = token_logprobs(*answer_logits(model, **batch))
-            for row, row_mask in zip(logps.cpu(), answer_mask.cpu(), strict=True):
-                out.append(row[row_mask].tolist())
-    return out
+    return [lp for lp, _ in _teacher_forced(model, tokenizer, prompts, answers, batch_size, max_length, progress)]
+
+
+def score_and_match(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Any],
+    answers: Sequence[Any],
+    *,
+    batch_size: int = 32,
+    max_length: int = 512,
+    progress: bool = False,
+) -> list[tuple[list[float], list[bool]]]:
+    """Per row, from one teacher-forced pass: the answer tokens' log-probabilities and, per token, whether it is
+    the model's greedy choice (see :func:`greedy_prefix_share`)."""
+    return _teacher_forced(model, tokenizer, prompts, answers, batch_size, max_length, progress)
 
 
 @torch.no_grad()

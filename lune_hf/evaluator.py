@@ -28,7 +28,7 @@ from .data import (
     split_row,
     validate_columns,
 )
-from .evaluation import generate_answers, score_answers
+from .evaluation import generate_answers, greedy_prefix_share, score_and_match
 
 GENERATION_METRICS = ("recalled", "exact_match", "contains", "rouge_l")
 SCORING_METRICS = ("probability",)
@@ -172,11 +172,32 @@ class Evaluator:
             for row, text in zip(rows, generated, strict=True):
                 row["prediction"] = text
         if "probability" in self.metrics:
-            logprobs = score_answers(model, self.tokenizer, prompts, answers, batch_size=self.batch_size,
+            scored = score_and_match(model, self.tokenizer, prompts, answers, batch_size=self.batch_size,
                                      progress=self.progress)
-            for row, lp in zip(rows, logprobs, strict=True):
+            for row, (lp, hits) in zip(rows, scored, strict=True):
                 row["token_logprobs"] = lp
+                row["greedy_prefix"] = greedy_prefix_share(hits)
         return rows
+
+    def greedy_prefix(self, model, name: str = "forget") -> float:
+        """Quick check (one teacher-forced pass, no generation): the mean share of each answer's first 16 tokens
+        that a greedy answer would reproduce. 0 when every greedy answer starts differently (a refusal, say); it
+        bounds `recalled` loosely from below (an answer can be reworded), so a drop says a full check may now
+        find the set forgotten. Identical on every process."""
+        self.prepare()
+        prompts, answers, _ = self._rows_of(name)
+        state = PartialState()
+        with state.split_between_processes(list(range(len(prompts)))) as shard:
+            scored = score_and_match(model, self.tokenizer, [prompts[i] for i in shard],
+                                     [answers[i] for i in shard], batch_size=self.batch_size)
+            local = [greedy_prefix_share(hits) for _, hits in scored]
+        shares = gather_object(local) if state.num_processes > 1 else local
+        return sum(shares) / len(shares) if shares else 0.0
+
+    def last_greedy_prefix(self, name: str = "forget") -> float | None:
+        """`greedy_prefix` of the last `evaluate` (None when it did not score the answers)."""
+        shares = [r["greedy_prefix"] for r in self.last_rows.get(name, []) if "greedy_prefix" in r]
+        return sum(shares) / len(shares) if shares else None
 
     def compute(self, rows: list[dict[str, Any]], answers: Sequence[Any]) -> dict[str, float]:
         """Metrics from per-row predictions / log-probabilities (pure: no model involved)."""

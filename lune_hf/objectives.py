@@ -44,6 +44,17 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return out, mask
 
 
+def greedy_matches(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether each label token is the model's most likely next token, shape [B, T-1] (False where masked), and
+    the answer mask. Under teacher forcing: while every earlier answer token matched, greedy decoding would have
+    produced exactly these tokens."""
+    sel_logits, targets, mask = _shift(logits, labels)
+    out = torch.zeros(mask.shape, dtype=torch.bool, device=logits.device)
+    if targets.numel():
+        out[mask] = sel_logits.argmax(-1) == targets
+    return out, mask
+
+
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed answer NLL ``l(y|x)`` per sequence [B] and the number of answer tokens ``|y|`` per sequence [B]."""
     logps, mask = token_logprobs(logits, labels)

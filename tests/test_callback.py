@@ -113,3 +113,27 @@ def test_bad_callback_settings_are_refused(tiny):
         ForgetRetainCallback(rows(facts[:2]), retain_floor=0.9, stop_metric="rouge_l")
     with pytest.raises(ValueError, match="stop_metric 'probability' must be one of"):
         ForgetRetainCallback(rows(facts[:2]), metrics=("rouge_l",), stop_metric="probability", forget_target=0.1)
+
+
+def test_a_quick_check_asks_for_a_full_check_once_the_greedy_prefix_halves(tiny, monkeypatch):
+    """Between the (costly) full checks, a teacher-forced pass watches how much of the answers' start a greedy
+    answer still reproduces; a full check runs as soon as that share halves since the last full check."""
+    facts, tok = tiny
+    # full checks never due by time, quick ones always
+    check = ForgetRetainCallback(rows(facts[:4]), tokenizer=tok, eval_steps=None, forget_target="recalled<=0.1",
+                                 max_overhead=1e-9, quick_overhead=1e9)
+    assert check.quick_checks
+    quick = iter([0.7, 0.5, 0.39, 0.38])
+    monkeypatch.setattr(check.evaluator, "greedy_prefix", lambda model, name="forget": next(quick))
+    full = []
+    monkeypatch.setattr(check, "_run", lambda state, control, model, **kw: full.append(state.global_step))
+    check._quick_reference, check._last_check_seconds = 0.8, 1.0
+    check._last_check_end = __import__("time").perf_counter()
+    state, control = type("S", (), {})(), type("C", (), {})()
+    for step in (1, 2, 3):
+        state.global_step = step
+        check.on_step_end(None, state, control, model=None)
+    assert full == [3]  # 0.7 and 0.5 are above half of 0.8; 0.39 is not
+    assert check.quick_history == [(1, 0.7), (2, 0.5), (3, 0.39)]
+    fixed = ForgetRetainCallback(rows(facts[:4]), tokenizer=tok, eval_steps=10, forget_target="recalled<=0.1")
+    assert not fixed.quick_checks  # a fixed schedule is kept as asked

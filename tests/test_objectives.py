@@ -33,6 +33,15 @@ def test_token_logprobs_mask_prompt():
     assert logps[0].tolist() == pytest.approx([-LN(2), -LN(5)], abs=1e-6)
 
 
+def test_greedy_matches_by_hand():
+    # position 0: argmax is token 1 = the label (hit); position 1: argmax is token 0, the label is 2 (miss)
+    hits, mask = obj.greedy_matches(LOGITS, LABELS)
+    assert hits.tolist() == [[True, False]] and mask.tolist() == [[True, True]]
+    # label 1 masked: position 0 (argmax 1) is not scored; position 1 predicts label 0, its argmax (hit)
+    masked, mask = obj.greedy_matches(LOGITS, torch.tensor([[-100, -100, 0]]))
+    assert masked.tolist() == [[False, True]] and mask.tolist() == [[False, True]]
+
+
 def test_nll_and_gradient_ascent_are_per_sequence_means():
     nll_sum = torch.tensor([LN(10), 3.0])
     n = torch.tensor([2, 3])

@@ -118,6 +118,7 @@ def test_memorised_facts_are_forgotten_and_the_rest_kept(memorised, memorised_co
     assert trainer.outcome.verdict is Verdict.FORGOTTEN
     assert trainer.state.global_step < trainer.state.max_steps  # stopped on the outcome, not the budget
     assert trainer.args.max_steps == -1  # the budget floor did not leak into the caller's config
+    assert trainer.forget_check.quick_history  # the quick checks watched the answers between the full ones
     full = Evaluator({"forget": rows(forget), "retain": rows(retain)}, memorised.tokenizer,
                      metrics=("recalled",)).evaluate(trainer.model)
     assert full["forget/recalled"] <= 0.1
