@@ -104,7 +104,7 @@ class ForgetRetainCallback(TrainerCallback):
         batch_size: int = 32,
         max_overhead: float = 0.10,
         quick_checks: bool = True,
-        quick_overhead: float = 0.03,
+        quick_overhead: float = 0.05,
         boost_stalled_lr: bool = False,
         lr_boost_factor: float = 4.0,
         max_lr_scale: float = 16.0,

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .data import pad, pad_examples, prompt_ids, tokenize_example
+from .data import completion_ids, pack_example, pad, pad_examples, prompt_ids
 from .logits import answer_logits
 from .objectives import greedy_matches, token_logprobs
 
@@ -39,7 +39,10 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def greedy_prefix_share(matches: Sequence[bool], max_tokens: int = 16) -> float:
+GREEDY_PREFIX_TOKENS = 16
+
+
+def greedy_prefix_share(matches: Sequence[bool], max_tokens: int = GREEDY_PREFIX_TOKENS) -> float:
     """Share of an answer's first `max_tokens` tokens that greedy decoding reproduces from its start.
 
     `matches`: per answer token, whether it is the model's most likely next token under teacher forcing. The
@@ -61,12 +64,15 @@ def greedy_prefix_share(matches: Sequence[bool], max_tokens: int = 16) -> float:
 
 @torch.no_grad()
 def _teacher_forced(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Any], answers: Sequence[Any],
-                    batch_size: int, max_length: int, progress: bool) -> list[tuple[list[float], list[bool]]]:
-    """Per row: the answer tokens' log-probabilities and whether each is the greedy choice (one forward pass)."""
-    examples = [
-        tokenize_example(tokenizer, p, a, max_length, f"row {i}")
-        for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
-    ]
+                    batch_size: int, max_length: int, progress: bool,
+                    answer_tokens: int | None = None) -> list[tuple[list[float], list[bool]]]:
+    """Per row: the answer tokens' log-probabilities and whether each is the greedy choice (one forward pass);
+    only the first `answer_tokens` answer tokens when given."""
+    examples = []
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        head = prompt_ids(tokenizer, p)
+        tail = completion_ids(tokenizer, p, a)
+        examples.append(pack_example(head, tail[:answer_tokens] if answer_tokens else tail, max_length, f"row {i}"))
     device = _device(model)
     out: list[tuple[list[float], list[bool]]] = []
     with eval_mode(model):
@@ -103,10 +109,12 @@ def score_and_match(
     batch_size: int = 32,
     max_length: int = 512,
     progress: bool = False,
+    answer_tokens: int | None = None,
 ) -> list[tuple[list[float], list[bool]]]:
     """Per row, from one teacher-forced pass: the answer tokens' log-probabilities and, per token, whether it is
-    the model's greedy choice (see :func:`greedy_prefix_share`)."""
-    return _teacher_forced(model, tokenizer, prompts, answers, batch_size, max_length, progress)
+    the model's greedy choice (see :func:`greedy_prefix_share`). `answer_tokens`: score only the first N answer
+    tokens (a shorter, cheaper pass)."""
+    return _teacher_forced(model, tokenizer, prompts, answers, batch_size, max_length, progress, answer_tokens)
 
 
 @torch.no_grad()

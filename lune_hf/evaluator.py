@@ -28,7 +28,7 @@ from .data import (
     split_row,
     validate_columns,
 )
-from .evaluation import generate_answers, greedy_prefix_share, score_and_match
+from .evaluation import GREEDY_PREFIX_TOKENS, generate_answers, greedy_prefix_share, score_and_match
 
 GENERATION_METRICS = ("recalled", "exact_match", "contains", "rouge_l")
 SCORING_METRICS = ("probability",)
@@ -47,14 +47,24 @@ def answer_text(completion: Any) -> str:
     return str(completion)
 
 
-def spread_rows(rows: Dataset, max_rows: int | None) -> Dataset:
-    """At most `max_rows` rows, evenly spaced over the set (so every part of a sorted set is represented)."""
-    n = len(rows)
+def spread_indices(n: int, max_rows: int | None) -> list[int]:
+    """At most `max_rows` of the indices `0..n-1`, evenly spaced.
+
+    >>> spread_indices(10, 4)
+    [0, 3, 6, 9]
+    >>> spread_indices(3, None)
+    [0, 1, 2]
+    """
     if max_rows is None or n <= max_rows:
-        return rows
+        return list(range(n))
     if max_rows < 1:
         raise ValueError(f"max_rows must be at least 1, got {max_rows}.")
-    return rows.select(sorted({round(i * (n - 1) / max(max_rows - 1, 1)) for i in range(max_rows)}))
+    return sorted({round(i * (n - 1) / max(max_rows - 1, 1)) for i in range(max_rows)})
+
+
+def spread_rows(rows: Dataset, max_rows: int | None) -> Dataset:
+    """At most `max_rows` rows, evenly spaced over the set (so every part of a sorted set is represented)."""
+    return rows if max_rows is None or len(rows) <= max_rows else rows.select(spread_indices(len(rows), max_rows))
 
 
 def prompt_and_answer(row: dict[str, Any], tokenizer, where: str = "row",
@@ -179,24 +189,27 @@ class Evaluator:
                 row["greedy_prefix"] = greedy_prefix_share(hits)
         return rows
 
-    def greedy_prefix(self, model, name: str = "forget") -> float:
-        """Quick check (one teacher-forced pass, no generation): the mean share of each answer's first 16 tokens
-        that a greedy answer would reproduce. 0 when every greedy answer starts differently (a refusal, say); it
-        bounds `recalled` loosely from below (an answer can be reworded), so a drop says a full check may now
-        find the set forgotten. Identical on every process."""
+    def greedy_prefix(self, model, name: str = "forget", max_rows: int | None = 16) -> float:
+        """Quick check (one teacher-forced pass over the first 16 answer tokens of at most `max_rows` evenly
+        spaced rows, no generation): the mean share of each answer's first 16 tokens that a greedy answer would
+        reproduce. 0 when every greedy answer starts differently (a refusal, say); it bounds `recalled` loosely
+        from below (an answer can be reworded), so a drop says a full check may now find the set forgotten.
+        Identical on every process."""
         self.prepare()
         prompts, answers, _ = self._rows_of(name)
+        picked = spread_indices(len(prompts), max_rows)
         state = PartialState()
-        with state.split_between_processes(list(range(len(prompts)))) as shard:
-            scored = score_and_match(model, self.tokenizer, [prompts[i] for i in shard],
-                                     [answers[i] for i in shard], batch_size=self.batch_size)
+        with state.split_between_processes(picked) as shard:
+            scored = score_and_match(model, self.tokenizer, [prompts[i] for i in shard], [answers[i] for i in shard],
+                                     batch_size=self.batch_size, answer_tokens=GREEDY_PREFIX_TOKENS)
             local = [greedy_prefix_share(hits) for _, hits in scored]
         shares = gather_object(local) if state.num_processes > 1 else local
         return sum(shares) / len(shares) if shares else 0.0
 
-    def last_greedy_prefix(self, name: str = "forget") -> float | None:
-        """`greedy_prefix` of the last `evaluate` (None when it did not score the answers)."""
-        shares = [r["greedy_prefix"] for r in self.last_rows.get(name, []) if "greedy_prefix" in r]
+    def last_greedy_prefix(self, name: str = "forget", max_rows: int | None = 16) -> float | None:
+        """`greedy_prefix` on the same rows, from the last `evaluate` (None when it did not score the answers)."""
+        rows = self.last_rows.get(name, [])
+        shares = [rows[i]["greedy_prefix"] for i in spread_indices(len(rows), max_rows) if "greedy_prefix" in rows[i]]
         return sum(shares) / len(shares) if shares else None
 
     def compute(self, rows: list[dict[str, Any]], answers: Sequence[Any]) -> dict[str, float]:

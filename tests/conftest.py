@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Two cores between the pytest-xdist workers (`-n 2`), or both for a single process.
+_THREADS = max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,7 +23,7 @@ from transformers import TrainerCallback  # noqa: E402
 from lune_hf.demo import split_facts  # noqa: E402
 from lune_hf.testing.synthetic import build_tiny_model, build_tokenizer, make_facts, memorised_model  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +62,8 @@ def rows(facts, replacement: bool = False) -> Dataset:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """`lune-hf demo` run once for the session: its result and everything it printed. Its folder holds the base
+    """`lune-hf demo` run once for the session (its tests share the xdist group "demo", so one worker runs it):
+    its result and everything it printed. Its folder holds the base
     model (`base_model/`), the data (`data/forget.jsonl`, `data/retain.jsonl`) and the adapter with its report."""
     import contextlib
     import io

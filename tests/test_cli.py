@@ -77,6 +77,7 @@ def test_unknown_command_exits_2(capsys):
     assert "unknown command" in capsys.readouterr().err
 
 
+@pytest.mark.xdist_group("demo")
 def test_demo_meets_its_thresholds(demo_run):
     result, out = demo_run
     assert result.after["forget/exact_match"] <= 0.1

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["lune_hf.data", "lune_hf.evaluation"])
+@pytest.mark.parametrize("module", ["lune_hf.data", "lune_hf.evaluation", "lune_hf.evaluator"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

@@ -17,6 +17,8 @@ from lune_hf.demo import split_facts
 from lune_hf.probes import mia_probe, paraphrase_probe, prompt_variants, quantize_weights, recall, relearn_probe
 from lune_hf.report import read_report
 
+pytestmark = pytest.mark.xdist_group("demo")  # one worker runs the session's demo
+
 
 @pytest.fixture(scope="module")
 def unlearned(demo_run):
