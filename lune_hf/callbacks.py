@@ -72,6 +72,8 @@ class ForgetRetainCallback(TrainerCallback):
             of the training time): the share of each answer's start a greedy answer would still reproduce. When
             it has halved since the last full check, a full check runs at once, so the run stops soon after the
             answers go instead of at the next scheduled check (on a 135M model a full check costs ~15 steps).
+            While retain is below 95% of its start (the refusal often spreads to it for a while), the quick
+            check also watches the retain answers and asks for a full check once they are back.
         quick_overhead: the largest share of training time the quick checks may take.
         boost_stalled_lr: multiply the learning rate by `lr_boost_factor` (up to `max_lr_scale` times the
             configured one) when a check finds the forget set stalled: the watched metric still at its initial
@@ -135,6 +137,8 @@ class ForgetRetainCallback(TrainerCallback):
         self.quick_overhead = quick_overhead
         self.quick_history: list[tuple[int, float]] = []  # (step, greedy prefix) of every quick check
         self._quick_reference: float | None = None
+        self._retain_quick_start: float | None = None  # the retain answers' greedy prefix before training
+        self._retain_quick_level: float | None = None  # set while waiting for retain: the level that means "back"
         self._last_quick_end = 0.0
         self._last_quick_seconds = 0.0
         self.boost_stalled_lr = boost_stalled_lr
@@ -192,8 +196,7 @@ class ForgetRetainCallback(TrainerCallback):
             logger.info("step %d: %s", state.global_step, results)
         self._track(state, model, results)
         if self.quick_checks:
-            reference = self.evaluator.last_greedy_prefix("forget")
-            self._quick_reference = reference if reference is not None else self.evaluator.greedy_prefix(model)
+            self._set_quick_levels(model, results)
         if stop_rules:
             self._apply_stop_rules(state, control, model, results)
         self._last_check_end = time.perf_counter()
@@ -286,18 +289,41 @@ class ForgetRetainCallback(TrainerCallback):
         trained = time.perf_counter() - max(self._last_check_end, self._last_quick_end)
         return _agreed(trained * self.quick_overhead >= self._last_quick_seconds)
 
+    def _greedy_prefix(self, model, name: str) -> float:
+        """A set's greedy prefix: from the full check that just ran, else one quick pass."""
+        value = self.evaluator.last_greedy_prefix(name)
+        return value if value is not None else self.evaluator.greedy_prefix(model, name)
+
+    def _set_quick_levels(self, model, results: dict[str, float]) -> None:
+        """After a full check: the levels at which a quick check asks for the next one."""
+        self._quick_reference = self._greedy_prefix(model, "forget")
+        retain, initial = self._retain_value(results), self._retain_value(self._initial)
+        if retain is None:
+            return
+        if self._retain_quick_start is None:
+            self._retain_quick_start = self._greedy_prefix(model, "retain")
+        waiting = bool(initial) and retain < RECOVERED * initial
+        self._retain_quick_level = (max(RECOVERED * self._retain_quick_start,
+                                        self._greedy_prefix(model, "retain") + QUICK_MIN_DROP) if waiting else None)
+
     def _quick_check(self, state, model) -> bool:
-        """Run a quick check; True when it asks for a full check now (the greedy prefix halved since the last)."""
+        """Run a quick check; True when it asks for a full check now: the forget answers' greedy prefix halved
+        since the last full check, or (while retain is down) the retain answers' came back."""
         start = time.perf_counter()
         value = self.evaluator.greedy_prefix(model, "forget")
+        logs = {"quick/forget_greedy_prefix": value}
+        reference = self._quick_reference
+        due = reference is not None and value <= QUICK_DROP * reference and reference - value >= QUICK_MIN_DROP
+        if self._retain_quick_level is not None:
+            logs["quick/retain_greedy_prefix"] = retain = self.evaluator.greedy_prefix(model, "retain")
+            due = due or retain >= self._retain_quick_level
         self._last_quick_end = time.perf_counter()
         self._last_quick_seconds = self._last_quick_end - start
         self.check_seconds += self._last_quick_seconds
         self.quick_history.append((state.global_step, value))
         if self.trainer is not None:
-            self.trainer.log({"quick/forget_greedy_prefix": value})
-        reference = self._quick_reference
-        return reference is not None and value <= QUICK_DROP * reference and reference - value >= QUICK_MIN_DROP
+            self.trainer.log(logs)
+        return due
 
     # ---- Trainer events ---------------------------------------------------------------------------
 

@@ -137,3 +137,23 @@ def test_a_quick_check_asks_for_a_full_check_once_the_greedy_prefix_halves(tiny,
     assert check.quick_history == [(1, 0.7), (2, 0.5), (3, 0.39)]
     fixed = ForgetRetainCallback(rows(facts[:4]), tokenizer=tok, eval_steps=10, forget_target="recalled<=0.1")
     assert not fixed.quick_checks  # a fixed schedule is kept as asked
+
+
+def test_while_retain_is_down_a_quick_check_asks_for_a_full_check_once_it_is_back(tiny, monkeypatch):
+    facts, tok = tiny
+    check = ForgetRetainCallback(rows(facts[:4]), rows(facts[4:12]), tokenizer=tok, eval_steps=None,
+                                 forget_target="recalled<=0.1", retain_floor=0.9, max_overhead=1e-9,
+                                 quick_overhead=1e9)
+    retain = iter([0.3, 0.5, 0.62])
+    monkeypatch.setattr(check.evaluator, "greedy_prefix",
+                        lambda model, name="forget": 0.02 if name == "forget" else next(retain))
+    full = []
+    monkeypatch.setattr(check, "_run", lambda state, control, model, **kw: full.append(state.global_step))
+    # after a full check that found the answers gone and retain down: forget's prefix is already ~0
+    check._quick_reference, check._retain_quick_level = 0.02, 0.6
+    check._last_check_seconds, check._last_check_end = 1.0, __import__("time").perf_counter()
+    state, control = type("S", (), {})(), type("C", (), {})()
+    for step in (1, 2, 3):
+        state.global_step = step
+        check.on_step_end(None, state, control, model=None)
+    assert full == [3]  # retain's prefix back above 0.6 at step 3
