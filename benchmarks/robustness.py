@@ -134,8 +134,10 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, setup: str, command: 
 
     lines = [
         f"# Robustness of the forgetting ({setup})", "",
-        f"Command: `{command}`. Each adapter is checked by `lune_hf.verify` (the same as `lune-hf verify`): forget / "
-        "retain recall recomputed on every row, then the probes; base = the model without the adapter. Recall: share "
+        f"Each row: `python benchmarks/robustness.py {setup} --objectives \"<objective>\"` (rows are merged by "
+        f"objective; the last run was `{command}`). Each adapter is checked by `lune_hf.verify` (the same as "
+        "`lune-hf verify`): forget / retain recall recomputed on every row, then the probes; base = the model "
+        "without the adapter. Recall: share "
         "of greedy answers with ROUGE-L recall >= 0.5 against the true answer. Relearn: LoRA r=8, 50 steps at lr "
         "1e-3 on the even forget rows, recall on the odd ones; recovery = share of the forgotten knowledge that came "
         "back. MIA: Min-K% (k=0.4) AUC of forget rows against holdout rows (0.5 = indistinguishable).", "",

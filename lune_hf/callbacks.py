@@ -179,7 +179,7 @@ class ForgetRetainCallback(TrainerCallback):
         """Metrics of every set, `<set>/<metric>`; identical on every process."""
         return self.evaluator.evaluate(model)
 
-    def _run(self, state, control, model, stop_rules: bool = True, lr_scheduler=None) -> None:
+    def _run(self, state, control, model, stop_rules: bool = True, lr_scheduler=None, scheduled: bool = True) -> None:
         if state.global_step == self._last_evaluated_step:
             return
         self._last_evaluated_step = state.global_step
@@ -198,7 +198,7 @@ class ForgetRetainCallback(TrainerCallback):
         if self.quick_checks:
             self._set_quick_levels(model, results)
         if stop_rules:
-            self._apply_stop_rules(state, control, model, results)
+            self._apply_stop_rules(state, control, model, results, scheduled)
         self._last_check_end = time.perf_counter()
         self._last_check_seconds = self._last_check_end - start
         self.check_seconds += self._last_check_seconds
@@ -240,10 +240,11 @@ class ForgetRetainCallback(TrainerCallback):
             if self.restore_best:
                 self._best_weights = trainable_state(model)
 
-    def _apply_stop_rules(self, state, control, model, results: dict[str, float]) -> None:
+    def _apply_stop_rules(self, state, control, model, results: dict[str, float], scheduled: bool = True) -> None:
         retain = self._retain_value(results)
         if not above_floor(retain, self._floor):
-            self._checks_below_floor += 1
+            # an extra look asked for by a quick check does not shorten the patience
+            self._checks_below_floor += int(scheduled)
             logger.warning("retain/%s is %.3f, below the floor %.3f at step %d (%d/%d checks before stopping).",
                            self.stop_metric, retain, self._floor, state.global_step, self._checks_below_floor,
                            self.retain_patience)
@@ -263,7 +264,7 @@ class ForgetRetainCallback(TrainerCallback):
                     and self._consolidation_checks < self.consolidation_checks):
                 # Forgotten mid-transition: retain usually comes back within a check or two (the retain term pulls
                 # it up) while the forget answers stay gone; the best check is kept either way.
-                self._consolidation_checks += 1
+                self._consolidation_checks += int(scheduled)  # extra looks do not use up the wait
                 logger.info("forget target met at step %d with retain at %.0f%% of its start: training on (%d/%d).",
                             state.global_step, 100 * retain / initial, self._consolidation_checks,
                             self.consolidation_checks)
@@ -295,8 +296,10 @@ class ForgetRetainCallback(TrainerCallback):
         return value if value is not None else self.evaluator.greedy_prefix(model, name)
 
     def _set_quick_levels(self, model, results: dict[str, float]) -> None:
-        """After a full check: the levels at which a quick check asks for the next one."""
-        self._quick_reference = self._greedy_prefix(model, "forget")
+        """After a full check: the levels at which a quick check asks for the next one (forget: none once the
+        target is met; retain: only while it is below 95% of its start)."""
+        met = self.target is not None and self.target.met(results[self.target.key])
+        self._quick_reference = None if met else self._greedy_prefix(model, "forget")
         retain, initial = self._retain_value(results), self._retain_value(self._initial)
         if retain is None:
             return
@@ -335,8 +338,10 @@ class ForgetRetainCallback(TrainerCallback):
         self._run(state, control, model)
 
     def on_step_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
-        if self._due(state) or (self._quick_due() and self._quick_check(state, model)):
+        if self._due(state):
             self._run(state, control, model, lr_scheduler=lr_scheduler)
+        elif self._quick_due() and self._quick_check(state, model):
+            self._run(state, control, model, lr_scheduler=lr_scheduler, scheduled=False)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         # A stop decided at a check takes effect after the next step (the Trainer looks at the flag after a step):
