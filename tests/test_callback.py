@@ -157,3 +157,18 @@ def test_while_retain_is_down_a_quick_check_asks_for_a_full_check_once_it_is_bac
         state.global_step = step
         check.on_step_end(None, state, control, model=None)
     assert full == [3]  # retain's prefix back above 0.6 at step 3
+
+
+def test_extra_looks_asked_for_by_quick_checks_do_not_use_up_the_retain_patience(tiny):
+    facts, tok = tiny
+    check = ForgetRetainCallback(rows(facts[:4]), rows(facts[4:12]), tokenizer=tok, eval_steps=None,
+                                 forget_target="recalled<=0.1", retain_floor=0.9, retain_patience=2)
+    check._initial, check._floor = {"forget/recalled": 1.0, "retain/recalled": 1.0}, 0.9
+    state, control = type("S", (), {"global_step": 5})(), type("C", (), {"should_training_stop": False})()
+    down = {"forget/recalled": 0.0, "retain/recalled": 0.2}
+    for _ in range(3):
+        check._apply_stop_rules(state, control, None, down, scheduled=False)
+    assert not control.should_training_stop and check._checks_below_floor == 0
+    for _ in range(2):
+        check._apply_stop_rules(state, control, None, down)
+    assert control.should_training_stop and "stayed below the floor" in check.stop_reason
