@@ -380,7 +380,9 @@ class ForgetRetainCallback(TrainerCallback):
             retain_ok=above_floor(self._retain_value(after), self._floor),
             restored_step=restored,
             hint=advice(verdict, learning_rate=args.learning_rate, stop_reason=self.stop_reason,
-                        budget_used=budget_used, has_retain="retain" in self.sets),
+                        budget_used=budget_used, has_retain="retain" in self.sets,
+                        retain_fell=restored is not None and self.history != []
+                        and not above_floor(self._retain_value(self.history[-1]), self._floor)),
         )
 
 

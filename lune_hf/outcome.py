@@ -118,13 +118,21 @@ def advice(
     stop_reason: str | None,
     budget_used: bool,
     has_retain: bool,
+    retain_fell: bool = False,
 ) -> str | None:
-    """The likely fix for a run that did not forget, in one sentence (None when it forgot)."""
+    """The likely fix for a run that did not forget, in one sentence (None when it forgot).
+
+    `retain_fell`: the last check found retain below its floor, so an earlier adapter was put back.
+    """
     if verdict is Verdict.FORGOTTEN:
         return None
     if learning_rate < FINE_TUNING_RATE:
         return (f"learning_rate {learning_rate:g} is a fine-tuning rate; unlearning with LoRA usually needs 1e-4 "
                 "to 1e-3 (the default is 1e-3).")
+    if retain_fell and not (stop_reason and "floor" in stop_reason):
+        return ("the last check found retain below its floor, so an earlier adapter was kept: lower the learning "
+                "rate, give more retain rows or raise retain_weight, or check more often (forget_eval_steps) so "
+                "an adapter that forgot before retain fell is caught.")
     if stop_reason and "floor" in stop_reason:
         fix = "give more retain rows, " if has_retain else ""
         return (f"retain quality fell below its floor before the forget set was forgotten: {fix}give `replacement` "

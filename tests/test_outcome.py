@@ -52,6 +52,8 @@ def test_advice_names_the_likely_fix():
     floor = advice(Verdict.NOT_FORGOTTEN, learning_rate=1e-3, stop_reason="retain/recalled stayed below the floor",
                    budget_used=False, has_retain=True)
     assert "retain" in floor and "replacement" in floor
+    fell = advice(Verdict.NOT_FORGOTTEN, learning_rate=1e-3, retain_fell=True, **common)  # last check discarded
+    assert "earlier adapter was kept" in fell and "budget" not in fell
     assert advice(Verdict.FORGOTTEN, learning_rate=1e-3, **common) is None
 
 
