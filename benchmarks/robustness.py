@@ -93,7 +93,8 @@ def run_demo(objectives: list[str], work: Path, keep) -> None:
         print(result.table(), flush=True)
         keep(_row(spec, result, time.perf_counter() - start, {
             "verdict": trainer.outcome.verdict.value if trainer.outcome else None,
-            "steps": trainer.state.global_step, "train_s": round(train_s, 1)}))
+            "steps": trainer.state.global_step, "kept_steps": trainer.outcome.steps if trainer.outcome else None,
+            "train_s": round(train_s, 1)}))
 
 
 def run_tofu(objectives: list[str], work: Path, data: str, cache: Path, keep) -> None:
@@ -125,12 +126,16 @@ def run_tofu(objectives: list[str], work: Path, data: str, cache: Path, keep) ->
         report = json.loads((folder / "unlearning_report.json").read_text())
         keep(_row(spec, result, time.perf_counter() - start, {
             "verdict": (report.get("outcome") or {}).get("verdict"), "steps": report.get("global_step"),
+            "kept_steps": (report.get("outcome") or {}).get("steps"),
             "train_s": round(train_s, 1)}))
 
 
 def write_markdown(rows: list[dict[str, Any]], path: Path, setup: str, command: str) -> None:
     def f(value: Any) -> str:
         return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    def kept(row: dict[str, Any]) -> str:  # an earlier adapter put back at the end (retain fell below its floor)
+        return f" (kept step {row['kept_steps']})" if row.get("kept_steps") not in (None, row["steps"]) else ""
 
     lines = [
         f"# Robustness of the forgetting ({setup})", "",
@@ -147,7 +152,8 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, setup: str, command: 
     ]
     for r in rows:
         lines.append(
-            f"| `{r['objective']}` | {r['verdict']} | {r['steps']} | {f(r['forget_recall'])} | {f(r['retain_recall'])} "
+            f"| `{r['objective']}` | {r['verdict']} | {r['steps']}{kept(r)} | {f(r['forget_recall'])} "
+            f"| {f(r['retain_recall'])} "
             f"| {f(r['paraphrase_worst'])} ({r['paraphrase_variant']}) | {f(r['relearn_recovery'])} "
             f"({f(r['relearn_recall_after'])}; {f(r['relearn_base_after'])}) | {f(r['recall_8bit'])} "
             f"| {f(r['recall_4bit'])} ({f(r['base_recall_4bit'])}) | {f(r['mia_auc'])} ({f(r['mia_base_auc'])}) "

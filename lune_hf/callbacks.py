@@ -198,7 +198,7 @@ class ForgetRetainCallback(TrainerCallback):
         if self.quick_checks:
             self._set_quick_levels(model, results)
         if stop_rules:
-            self._apply_stop_rules(state, control, model, results, scheduled)
+            self._apply_stop_rules(state, control, model, results, scheduled=scheduled)
         self._last_check_end = time.perf_counter()
         self._last_check_seconds = self._last_check_end - start
         self.check_seconds += self._last_check_seconds

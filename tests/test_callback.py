@@ -34,9 +34,9 @@ class Scripted(ForgetRetainCallback):
         f, r = self.script.pop(0)
         return {"forget/exact_match": f, "retain/exact_match": r}
 
-    def _apply_stop_rules(self, state, control, model, results):
+    def _apply_stop_rules(self, state, control, model, results, **kw):
         self.weights_at[state.global_step] = trainable_state(model)
-        super()._apply_stop_rules(state, control, model, results)
+        super()._apply_stop_rules(state, control, model, results, **kw)
 
 
 def test_forget_target_stops_at_the_first_step_that_meets_it(tiny, tiny_model, tmp_path):
