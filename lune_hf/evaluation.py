@@ -63,43 +63,6 @@ def greedy_prefix_share(matches: Sequence[bool], max_tokens: int = GREEDY_PREFIX
 
 
 @torch.no_grad()
-def _teacher_forced(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Any], answers: Sequence[Any],
-                    batch_size: int, max_length: int, progress: bool,
-                    answer_tokens: int | None = None) -> list[tuple[list[float], list[bool]]]:
-    """Per row: the answer tokens' log-probabilities and whether each is the greedy choice (one forward pass);
-    only the first `answer_tokens` answer tokens when given."""
-    examples = []
-    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        head = prompt_ids(tokenizer, p)
-        tail = completion_ids(tokenizer, p, a)
-        examples.append(pack_example(head, tail[:answer_tokens] if answer_tokens else tail, max_length, f"row {i}"))
-    device = _device(model)
-    out: list[tuple[list[float], list[bool]]] = []
-    with eval_mode(model):
-        for sl in tqdm(list(_batches(len(examples), batch_size)), desc="scoring", disable=not progress):
-            batch = {k: v.to(device) for k, v in pad_examples(examples[sl], tokenizer.pad_token_id).items()}
-            logits, labels = answer_logits(model, **batch)
-            logps, answer_mask = token_logprobs(logits, labels)
-            greedy, _ = greedy_matches(logits, labels)
-            for row, hits, row_mask in zip(logps.cpu(), greedy.cpu(), answer_mask.cpu(), strict=True):
-                out.append((row[row_mask].tolist(), hits[row_mask].tolist()))
-    return out
-
-
-def score_answers(
-    model,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[Any],
-    answers: Sequence[Any],
-    *,
-    batch_size: int = 32,
-    max_length: int = 512,
-    progress: bool = False,
-) -> list[list[float]]:
-    """Per-token log-probabilities of each answer given its prompt (teacher forcing)."""
-    return [lp for lp, _ in _teacher_forced(model, tokenizer, prompts, answers, batch_size, max_length, progress)]
-
-
 def score_and_match(
     model,
     tokenizer: PreTrainedTokenizerBase,
@@ -114,7 +77,30 @@ def score_and_match(
     """Per row, from one teacher-forced pass: the answer tokens' log-probabilities and, per token, whether it is
     the model's greedy choice (see :func:`greedy_prefix_share`). `answer_tokens`: score only the first N answer
     tokens (a shorter, cheaper pass)."""
-    return _teacher_forced(model, tokenizer, prompts, answers, batch_size, max_length, progress, answer_tokens)
+    examples = []
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        tail = completion_ids(tokenizer, p, a)
+        examples.append(pack_example(prompt_ids(tokenizer, p), tail[:answer_tokens] if answer_tokens else tail,
+                                     max_length, f"row {i}"))
+    device = _device(model)
+    out: list[tuple[list[float], list[bool]]] = []
+    with eval_mode(model):
+        for sl in tqdm(list(_batches(len(examples), batch_size)), desc="scoring", disable=not progress):
+            batch = {k: v.to(device) for k, v in pad_examples(examples[sl], tokenizer.pad_token_id).items()}
+            logits, labels = answer_logits(model, **batch)
+            logps, answer_mask = token_logprobs(logits, labels)
+            greedy, _ = greedy_matches(logits, labels)
+            for row, hits, row_mask in zip(logps.cpu(), greedy.cpu(), answer_mask.cpu(), strict=True):
+                out.append((row[row_mask].tolist(), hits[row_mask].tolist()))
+    return out
+
+
+def score_answers(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Any], answers: Sequence[Any], *,
+                  batch_size: int = 32, max_length: int = 512, progress: bool = False) -> list[list[float]]:
+    """Per-token log-probabilities of each answer given its prompt (teacher forcing)."""
+    scored = score_and_match(model, tokenizer, prompts, answers, batch_size=batch_size, max_length=max_length,
+                             progress=progress)
+    return [logps for logps, _ in scored]
 
 
 @torch.no_grad()
