@@ -324,8 +324,8 @@ class ForgetRetainCallback(TrainerCallback):
         self._last_quick_seconds = self._last_quick_end - start
         self.check_seconds += self._last_quick_seconds
         self.quick_history.append((state.global_step, value))
-        if self.trainer is not None:
-            self.trainer.log(logs)
+        # not through Trainer.log: on a small model a quick check runs every few steps and would flood the console
+        logger.debug("step %d: %s%s", state.global_step, logs, " -> full check" if due else "")
         return due
 
     # ---- Trainer events ---------------------------------------------------------------------------
