@@ -43,7 +43,8 @@ from safetensors.torch import load_file
 from lune_hf.demo import split_facts
 from lune_hf.report import REPORT_FILE
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
+pytestmark = [pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo"),
+              pytest.mark.xdist_group("distributed")]  # its module fixtures run once, on one worker
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2  # forget rows per rank and step; the 1-process runs use 2 * BATCH

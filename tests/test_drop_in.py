@@ -26,6 +26,8 @@ from lune_hf.outcome import Verdict
 from lune_hf.report import read_report
 from lune_hf.testing.synthetic import build_tiny_model, memorise
 
+pytestmark = pytest.mark.xdist_group("drop_in")  # its module fixtures run once, on one worker
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -20,6 +20,8 @@ from lune_hf.hub import AdapterMismatchError, PublishError, load_unlearned, publ
 from lune_hf.report import REPORT_FILE, read_report
 from lune_hf.testing.synthetic import build_tiny_model
 
+pytestmark = pytest.mark.xdist_group("hub")  # its module fixtures run once, on one worker
+
 BASE_ID = "org/tiny-base"
 PUBLISHED = {"adapter_model.safetensors", "adapter_config.json", "README.md", REPORT_FILE, "unlearning_curves.png"}
 

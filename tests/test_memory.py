@@ -17,6 +17,8 @@ from lune_hf import LuneConfig, LuneTrainer
 from lune_hf.cli import main
 from lune_hf.memory import StepShape, estimate_step_memory
 
+pytestmark = pytest.mark.xdist_group("memory")  # its module fixtures run once, on one worker
+
 SMALL = dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=512, vocab_size=4096)
 

@@ -13,6 +13,8 @@ import pytest
 from lune_hf import metrics
 from lune_hf.metrics import functional as F
 
+pytestmark = pytest.mark.xdist_group("metrics")  # its module fixtures run once, on one worker
+
 E = math.e
 
 

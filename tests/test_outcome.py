@@ -19,6 +19,8 @@ from lune_hf.outcome import ForgetTarget, Verdict, advice, is_better, judge
 from lune_hf.report import read_report
 from lune_hf.snapshot import trainable_state
 
+pytestmark = pytest.mark.xdist_group("outcome")  # its module fixtures run once, on one worker
+
 # ---- pure functions, by hand ----------------------------------------------------------------------
 
 

@@ -26,6 +26,8 @@ from lune_hf.hub import PublishError, load_unlearned, publish
 from lune_hf.report import PLOT_FILE, REPORT_FILE, read_report
 from lune_hf.trainer import LOCK_FILE, NonFiniteLossError
 
+pytestmark = pytest.mark.xdist_group("reliability")  # its module fixtures run once, on one worker
+
 BASE_ID = "org/tiny-base"
 
 

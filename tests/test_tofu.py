@@ -26,6 +26,8 @@ from lune_hf.tofu.data import (
 )
 from lune_hf.tofu.evaluate import evaluate_tofu, normalised_probability, score_pairs
 
+pytestmark = pytest.mark.xdist_group("tofu")  # its module fixtures run once, on one worker
+
 SAMPLE = Path(__file__).parent / "data" / "tofu_sample.json"
 REPO = Path(__file__).resolve().parent.parent
 
