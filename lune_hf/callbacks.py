@@ -195,7 +195,7 @@ class ForgetRetainCallback(TrainerCallback):
             state.log_history.append({**results, "step": state.global_step})
             logger.info("step %d: %s", state.global_step, results)
         self._track(state, model, results)
-        if self.quick_checks:
+        if self.quick_checks and stop_rules:  # the final measurement asks for no further check
             self._set_quick_levels(model, results)
         if stop_rules:
             self._apply_stop_rules(state, control, model, results, scheduled=scheduled)
@@ -298,16 +298,19 @@ class ForgetRetainCallback(TrainerCallback):
     def _set_quick_levels(self, model, results: dict[str, float]) -> None:
         """After a full check: the levels at which a quick check asks for the next one (forget: none once the
         target is met; retain: only while it is below 95% of its start)."""
-        met = self.target is not None and self.target.met(results[self.target.key])
+        met = self.target.met(results[self.target.key])  # quick checks run only with a target
         self._quick_reference = None if met else self._greedy_prefix(model, "forget")
         retain, initial = self._retain_value(results), self._retain_value(self._initial)
         if retain is None:
             return
-        if self._retain_quick_start is None:
-            self._retain_quick_start = self._greedy_prefix(model, "retain")
         waiting = bool(initial) and retain < RECOVERED * initial
-        self._retain_quick_level = (max(RECOVERED * self._retain_quick_start,
-                                        self._greedy_prefix(model, "retain") + QUICK_MIN_DROP) if waiting else None)
+        self._retain_quick_level = None
+        if waiting or self._retain_quick_start is None:
+            now = self._greedy_prefix(model, "retain")
+            if self._retain_quick_start is None:  # the check before the first step
+                self._retain_quick_start = now
+            if waiting:
+                self._retain_quick_level = max(RECOVERED * self._retain_quick_start, now + QUICK_MIN_DROP)
 
     def _quick_check(self, state, model) -> bool:
         """Run a quick check; True when it asks for a full check now: the forget answers' greedy prefix halved

@@ -264,10 +264,13 @@ def row_parts(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, where: st
 
 
 def tokenize_example(
-    tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any, max_length: int, where: str
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any, max_length: int, where: str,
+    answer_tokens: int | None = None,
 ) -> dict[str, list[int]]:
-    """`input_ids` and `labels` (prompt masked with -100) of one prompt/answer pair, cut to `max_length`."""
-    return pack_example(prompt_ids(tokenizer, prompt), completion_ids(tokenizer, prompt, completion), max_length,
+    """`input_ids` and `labels` (prompt masked with -100) of one prompt/answer pair, cut to `max_length` (and the
+    answer to its first `answer_tokens` tokens when given)."""
+    tail = completion_ids(tokenizer, prompt, completion)
+    return pack_example(prompt_ids(tokenizer, prompt), tail[:answer_tokens] if answer_tokens else tail, max_length,
                         where)
 
 

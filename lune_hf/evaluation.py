@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .data import completion_ids, pack_example, pad, pad_examples, prompt_ids
+from .data import pad, pad_examples, prompt_ids, tokenize_example
 from .logits import answer_logits
 from .objectives import greedy_matches, token_logprobs
 
@@ -77,11 +77,10 @@ def score_and_match(
     """Per row, from one teacher-forced pass: the answer tokens' log-probabilities and, per token, whether it is
     the model's greedy choice (see :func:`greedy_prefix_share`). `answer_tokens`: score only the first N answer
     tokens (a shorter, cheaper pass)."""
-    examples = []
-    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        tail = completion_ids(tokenizer, p, a)
-        examples.append(pack_example(prompt_ids(tokenizer, p), tail[:answer_tokens] if answer_tokens else tail,
-                                     max_length, f"row {i}"))
+    examples = [
+        tokenize_example(tokenizer, p, a, max_length, f"row {i}", answer_tokens)
+        for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
+    ]
     device = _device(model)
     out: list[tuple[list[float], list[bool]]] = []
     with eval_mode(model):

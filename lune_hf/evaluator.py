@@ -38,6 +38,7 @@ DEFAULT_METRICS = ("recalled", "exact_match", "rouge_l", "probability")
 _MODULE_OF = {"recalled": "rouge_l", "rouge_l": "rouge_l", "exact_match": "exact_match",
               "contains": "exact_match", "probability": "probability"}
 MAX_AUTO_NEW_TOKENS = 64
+QUICK_ROWS = 16  # rows of a quick check (`Evaluator.greedy_prefix`)
 
 
 def answer_text(completion: Any) -> str:
@@ -189,7 +190,7 @@ class Evaluator:
                 row["greedy_prefix"] = greedy_prefix_share(hits)
         return rows
 
-    def greedy_prefix(self, model, name: str = "forget", max_rows: int | None = 16) -> float:
+    def greedy_prefix(self, model, name: str = "forget", max_rows: int | None = QUICK_ROWS) -> float:
         """Quick check (one teacher-forced pass over the first 16 answer tokens of at most `max_rows` evenly
         spaced rows, no generation): the mean share of each answer's first 16 tokens that a greedy answer would
         reproduce. 0 when every greedy answer starts differently (a refusal, say); it bounds `recalled` loosely
@@ -206,7 +207,7 @@ class Evaluator:
         shares = gather_object(local) if state.num_processes > 1 else local
         return sum(shares) / len(shares) if shares else 0.0
 
-    def last_greedy_prefix(self, name: str = "forget", max_rows: int | None = 16) -> float | None:
+    def last_greedy_prefix(self, name: str = "forget", max_rows: int | None = QUICK_ROWS) -> float | None:
         """`greedy_prefix` on the same rows, from the last `evaluate` (None when it did not score the answers)."""
         rows = self.last_rows.get(name, [])
         shares = [rows[i]["greedy_prefix"] for i in spread_indices(len(rows), max_rows) if "greedy_prefix" in rows[i]]
