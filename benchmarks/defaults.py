@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tofu import SETUPS  # benchmarks/tofu.py: the TOFU cpu setup whose models the tofu row starts from
 from tofu import _parse_value as parse_value  # benchmarks/tofu.py: "1e-3" -> 0.001, "false" -> False
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,26 +145,26 @@ def run_tofu(overrides: dict[str, Any], cache: Path, data: str) -> dict[str, Any
     from lune_hf.tofu.data import to_rows, tofu_sets
     from lune_hf.tofu.evaluate import evaluate_tofu
 
-    stage = cache / "tofu" / "cpu"
+    stage = cache / "tofu" / "cpu"  # benchmarks/tofu.py --setup cpu: its finetuned model and reference rows
     rows = {name: json.loads((stage / "rows" / f"forget01__{name}.json").read_text())
             for name in ("retain", "finetuned")}
-    sets = tofu_sets(data, "forget01", n_authors=6, max_eval_rows=20)
-    tokenizer = AutoTokenizer.from_pretrained(stage / "finetuned")
+    sets = tofu_sets(data, "forget01", retain_authors=SETUPS["cpu"].retain_authors, max_eval_rows=40)
+    tokenizer = AutoTokenizer.from_pretrained(stage / "finetuned_forget01")
     ensure_pad_token(tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(stage / "finetuned")
+    model = AutoModelForCausalLM.from_pretrained(stage / "finetuned_forget01")
     start = time.perf_counter()
     trainer = LuneTrainer(model, LuneConfig(output_dir=str(cache / "runs" / f"tofu_{int(time.time())}"), **overrides),
                           train_dataset=to_rows(sets.forget, "chat"), retain_dataset=to_rows(sets.retain, "chat"),
                           processing_class=tokenizer)
     trainer.train()
     seconds = time.perf_counter() - start
-    result = evaluate_tofu(trainer.model.merge_and_unload(), tokenizer, sets,
-                           reference_truth_ratios=rows["retain"]["forget_truth_ratios"], prompt_format="chat",
-                           max_new_tokens=48, batch_size=16, max_length=256)
+    result = evaluate_tofu(trainer.model.merge_and_unload(), tokenizer, sets, reference=rows["retain"],
+                           max_new_tokens=200, batch_size=32, max_length=256)
     outcome = trainer.outcome
     mu_ft = rows["finetuned"]["model_utility"]
     return {
-        "kind": "tofu", "model": "SmolLM2-135M-Instruct fine-tuned on the last 6 TOFU authors (benchmarks/tofu.py cpu)",
+        "kind": "tofu", "model": "SmolLM2-135M-Instruct fine-tuned on TOFU authors 1-20 + forget01 (benchmarks/tofu.py "
+        "cpu; quick-mode evaluation: 40 rows per set)",
         "overrides": overrides, "n_forget": len(sets.forget), "n_retain": len(sets.retain), "seed": 0,
         "verdict": outcome.verdict.value if outcome else None, "steps": trainer.state.global_step,
         "stop_reason": outcome.stop_reason if outcome else None,

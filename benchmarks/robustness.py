@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tofu import parse_objective  # noqa: E402  (benchmarks/tofu.py: "lune[k=v]" -> ("lune", {k: v}))
+from tofu import SETUPS, parse_objective  # noqa: E402  (benchmarks/tofu.py: "lune[k=v]" -> ("lune", {k: v}))
 
 
 def _row(name: str, result, seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
@@ -101,26 +101,28 @@ def run_tofu(objectives: list[str], work: Path, data: str, cache: Path, keep) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lune_hf.data import ensure_pad_token
+    from lune_hf.evaluator import spread_rows
     from lune_hf.tofu.data import load_tofu, to_rows, tofu_sets
     from lune_hf.tofu.train import unlearn
     from lune_hf.verify import verify
 
-    stage = cache / "tofu" / "cpu"
-    sets = tofu_sets(data, "forget01", n_authors=6, max_eval_rows=20)
+    stage = cache / "tofu" / "cpu"  # benchmarks/tofu.py --setup cpu: its finetuned model
+    sets = tofu_sets(data, "forget01", retain_authors=SETUPS["cpu"].retain_authors)
     forget, retain = to_rows(sets.forget, "chat"), to_rows(sets.retain, "chat")
     holdout = to_rows(load_tofu("holdout01", data), "chat")
     for spec in objectives:
         name, overrides = parse_objective(spec)
         folder = work / spec.replace("[", "_").replace("]", "").replace(",", "_")
-        tokenizer = AutoTokenizer.from_pretrained(stage / "finetuned")
+        tokenizer = AutoTokenizer.from_pretrained(stage / "finetuned_forget01")
         ensure_pad_token(tokenizer)
         start = time.perf_counter()
         if not (folder / "unlearning_report.json").is_file():
-            unlearn(AutoModelForCausalLM.from_pretrained(stage / "finetuned"), tokenizer, forget, retain, name,
+            unlearn(AutoModelForCausalLM.from_pretrained(stage / "finetuned_forget01"), tokenizer, forget, retain, name,
                     folder, max_length=256, overrides={"forget_eval_steps": 10_000, **overrides})
         train_s = time.perf_counter() - start
         start = time.perf_counter()
-        result = verify(folder, forget, retain=retain, holdout=holdout, base_model=str(stage / "finetuned"),
+        result = verify(folder, forget, retain=spread_rows(retain, 80), holdout=holdout,
+                        base_model=str(stage / "finetuned_forget01"),
                         progress=True)
         print(result.table(), flush=True)
         report = json.loads((folder / "unlearning_report.json").read_text())

@@ -49,29 +49,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OBJECTIVES = ("lune", "ga", "graddiff", "npo", "simnpo", "idk_nll", "idk_dpo", "ihl")
 OPEN_UNLEARNING_SOURCE = (
-    "open-unlearning, docs/results.md (\"Reproduce Results\", commit 8f9872c of "
-    "https://github.com/locuslab/open-unlearning): full-parameter unlearning, lr 1e-5, 10 epochs, "
-    "alpha = gamma = 1, beta = 0.1, 2 x L40s"
+    "open-unlearning, docs/repro.md (commit d3d7cf9 of https://github.com/locuslab/open-unlearning): "
+    "Llama-3.2-1B-Instruct fine-tuned on all 200 authors, full-parameter unlearning, lr 1e-5, 10 epochs, "
+    "alpha = gamma = 1, beta = 0.1, effective batch 32, 2 x L40s. Last changed before open-unlearning fixed the "
+    "date string and moved its forget metrics to the `_perturbed` splits, so its own current code may not "
+    "reproduce them"
 )
-# (method, forget_quality, model_utility, forget_truth_ratio) on forget01, copied from that table.
-OPEN_UNLEARNING_FORGET01 = {
-    "Llama-2-7b-chat-hf": [
-        ("Finetuned", "1.27e-03", "0.63", "0.53"), ("Retain", "1.0", "0.63", "0.68"),
-        ("GradAscent", "1.88e-04", "0.55", "0.36"), ("GradDiff", "3.02e-03", "0.57", "0.41"),
-        ("IdkDPO", "0.1", "0.56", "0.67"), ("NPO", "0.4", "0.58", "0.65"),
-        ("SimNPO", "1.27e-03", "0.58", "0.41"), ("RMU", "6.76e-03", "7.18e-04", "0.84"),
-    ],
-    "Llama-3.2-1B-Instruct": [
-        ("Finetuned", "0.01", "0.60", "0.47"), ("Retain", "1.0", "0.60", "0.65"),
-        ("GradAscent", "0.27", "0.33", "0.59"), ("GradDiff", "0.77", "0.43", "0.57"),
-        ("IdkDPO", "0.01", "0.51", "0.60"), ("NPO", "0.92", "0.56", "0.66"),
-        ("SimNPO", "0.58", "0.46", "0.55"), ("RMU", "6.76e-03", "0.60", "0.47"),
-    ],
+# (method, forget_quality, model_utility, forget_truth_ratio) per split, copied from that table.
+OPEN_UNLEARNING_LLAMA_1B = {
+    "forget01": [("Finetuned", "0.01", "0.60", "0.47"), ("Retain", "1.0", "0.60", "0.65"),
+                 ("GradAscent", "0.27", "0.33", "0.59"), ("GradDiff", "0.77", "0.43", "0.57"),
+                 ("IdkDPO", "0.01", "0.51", "0.60"), ("NPO", "0.92", "0.56", "0.66"),
+                 ("SimNPO", "0.58", "0.46", "0.55"), ("RMU", "0.16", "0.55", "0.70")],
+    "forget05": [("Finetuned", "1.33e-13", "0.60", "0.47"), ("Retain", "1.0", "0.60", "0.64"),
+                 ("GradAscent", "1.94e-119", "0", "2.52e-23"), ("GradDiff", "1.94e-119", "0.53", "3.87e-34"),
+                 ("IdkDPO", "1.12e-05", "0.07", "0.62"), ("NPO", "0.14", "0.45", "0.70"),
+                 ("SimNPO", "5.01e-100", "0.58", "4.19e-03"), ("RMU", "4.87e-10", "0.58", "0.77")],
 }
+# The issue's bar per split: forget quality, share of the finetuned model's utility, replacement share.
+TARGETS = {"forget01": (0.5, 0.95, 0.9), "forget05": (0.1, 0.95, None)}
 
 
 @dataclass(frozen=True)
@@ -94,27 +96,37 @@ class Setup:
     eval_batch: int
     prompt_format: str = "chat"
     threads: int | None = None
+    retain_authors: tuple[int, ...] | None = None
 
     def describe(self) -> str:
-        authors = (f"the last {self.n_authors} TOFU authors ({self.n_authors * 20} rows)" if self.n_authors
-                   else "all 200 TOFU authors (4,000 rows)")
+        if self.retain_authors:
+            authors = (f"TOFU authors {self.retain_authors[0] + 1}-{self.retain_authors[-1] + 1} (the "
+                       f"{len(self.retain_authors)} authors of TOFU's retain_perturbed evaluation split) plus the "
+                       "forget authors of each split for the finetuned model, those authors alone for the retain "
+                       "model")
+        elif self.n_authors:
+            authors = f"the last {self.n_authors} TOFU authors ({self.n_authors * 20} rows)"
+        else:
+            authors = "all 200 TOFU authors (4,000 rows)"
         return (
             f"setup `{self.name}`: {authors}; forget splits {', '.join(self.forget_splits)}; prompt format "
             f"`{self.prompt_format}`; max_length {self.max_length}. Fine-tuning (finetuned and retain models): full "
             f"parameters, {self.finetune_epochs:g} epochs, lr {self.finetune_lr:g}, batch {self.finetune_batch} x "
             f"{self.finetune_accum} accumulation. Unlearning: LuneTrainer (LoRA r=16, every projection), "
             f"{self.unlearn_epochs:g} epochs, batch {self.unlearn_batch} x {self.unlearn_accum}. Evaluation: "
-            + (f"at most {self.max_eval_rows} rows of the retain / real-author / world-fact sets (every forget row)"
-               if self.max_eval_rows else "every row")
+            + (f"QUICK MODE, at most {self.max_eval_rows} rows of the retain / real-author / world-fact / holdout "
+               "sets (every forget row)" if self.max_eval_rows else "every row of forget, retain_perturbed, real "
+               "authors, world facts and holdout")
             + f", greedy answers of at most {self.max_new_tokens} tokens"
             + (f"; {self.threads} CPU thread(s)" if self.threads else "") + "."
         )
 
 
 SETUPS = {
-    "cpu": Setup("cpu", n_authors=6, forget_splits=("forget01",), max_length=256, finetune_epochs=4,
-                 finetune_lr=1e-4, finetune_batch=8, finetune_accum=1, unlearn_epochs=5, unlearn_batch=8,
-                 unlearn_accum=1, max_eval_rows=20, max_new_tokens=48, eval_batch=16, threads=1),
+    "cpu": Setup("cpu", n_authors=None, retain_authors=tuple(range(20)), forget_splits=("forget01", "forget05"),
+                 max_length=256, finetune_epochs=4, finetune_lr=1e-4, finetune_batch=8, finetune_accum=1,
+                 unlearn_epochs=5, unlearn_batch=8, unlearn_accum=1, max_eval_rows=None, max_new_tokens=200,
+                 eval_batch=32, threads=1),
     "full": Setup("full", n_authors=None, forget_splits=("forget01", "forget05", "forget10"), max_length=512,
                   finetune_epochs=5, finetune_lr=1e-5, finetune_batch=8, finetune_accum=4, unlearn_epochs=10,
                   unlearn_batch=8, unlearn_accum=4, max_eval_rows=None, max_new_tokens=200, eval_batch=32),
@@ -145,6 +157,13 @@ def parse_objective(spec: str) -> tuple[str, dict[str, Any]]:
             key, _, value = item.partition("=")
             overrides[key.strip()] = _parse_value(value.strip())
     return name.strip(), overrides
+
+
+def with_seed(spec: str, seed: int) -> str:
+    """The objective spec for one seed (seed 0, the default, keeps the spec as it is)."""
+    if not seed:
+        return spec
+    return f"{spec[:-1]},seed={seed}]" if spec.endswith("]") else f"{spec}[seed={seed}]"
 
 
 def _parse_value(text: str) -> Any:
@@ -194,6 +213,10 @@ class Benchmark:
         self.objectives, self.splits = objectives, splits
         self.rows: dict[str, dict[str, Any]] = {}
         self._tokenizer = None
+        self.models_only: str | None = None
+        from lune_hf.tofu.template import TofuTemplate
+
+        self.template = TofuTemplate(setup.prompt_format)
         self.started = time.perf_counter()
 
     # ---- models ----
@@ -219,31 +242,37 @@ class Benchmark:
         return model
 
     def trained_model(self, name: str, rows, settings: dict[str, Any]) -> tuple[Path, dict[str, float]]:
-        """Fine-tune the base model on `rows` once; cached under `<cache>/<name>` with its settings."""
-        from lune_hf.tofu.data import to_rows
+        """Fine-tune the base model on `rows` (TOFU rows, open-unlearning's tokens) once; cached under
+        `<cache>/<name>` with its settings. A lock file lets two runs share a model (the second waits)."""
+        import fcntl
+
         from lune_hf.tofu.train import finetune
 
         folder = self.cache / name
         marker = folder / "lune_tofu_stage.json"
-        if marker.is_file():
-            info = json.loads(marker.read_text())
-            if info["settings"] != settings:
-                raise SystemExit(f"{folder} was trained with other settings ({info['settings']}); delete it or pass "
-                                 "--fresh.")
-            log(f"{name}: cached model in {folder} ({info['wall_s']:.0f} s when trained)")
-            return folder, info
-        log(f"{name}: fine-tuning on {len(rows)} rows ...")
-        if folder.exists():
-            shutil.rmtree(folder)
-        s = self.setup
-        with PeakMemory() as mem:
-            model = self.load(self.model_path)
-            finetune(model, self.tokenizer(), to_rows(rows, s.prompt_format), folder, epochs=s.finetune_epochs,
-                     learning_rate=s.finetune_lr, batch_size=s.finetune_batch, grad_accum=s.finetune_accum,
-                     max_length=s.max_length, disable_tqdm=False)
-        del model
-        info = {"settings": settings, "wall_s": mem.seconds, "peak_mem_mb": mem.peak_mb, "rows": len(rows)}
-        write_json_atomic(marker, info)
+        settings = {**settings, "rows_digest": digest(rows["question"])}
+        with open(self.cache / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if marker.is_file():
+                info = json.loads(marker.read_text())
+                if info["settings"] != settings:
+                    raise SystemExit(f"{folder} was trained with other settings ({info['settings']}); delete it or "
+                                     "pass --fresh.")
+                log(f"{name}: cached model in {folder} ({info['wall_s']:.0f} s when trained)")
+                return folder, info
+            log(f"{name}: fine-tuning on {len(rows)} rows ...")
+            if folder.exists():
+                shutil.rmtree(folder)
+            s = self.setup
+            with PeakMemory() as mem:
+                model = self.load(self.model_path)
+                examples = self.template.encode_rows(self.tokenizer(), rows, s.max_length)
+                finetune(model, self.tokenizer(), examples, folder, epochs=s.finetune_epochs,
+                         learning_rate=s.finetune_lr, batch_size=s.finetune_batch, grad_accum=s.finetune_accum,
+                         max_length=s.max_length, disable_tqdm=False)
+            del model
+            info = {"settings": settings, "wall_s": mem.seconds, "peak_mem_mb": mem.peak_mb, "rows": len(rows)}
+            write_json_atomic(marker, info)
         log(f"{name}: trained in {mem.seconds:.0f} s, peak {mem.peak_mb:.0f} MB")
         return folder, info
 
@@ -267,24 +296,27 @@ class Benchmark:
         self.rows[f"{row['split']}/{row['variant']}"] = row
         self.write_results()
 
-    def evaluate(self, model, sets, reference) -> tuple[dict[str, Any], float]:
+    def evaluate(self, model, sets, reference, replacements=None) -> tuple[dict[str, Any], float]:
         from lune_hf.tofu.evaluate import evaluate_tofu
 
         start = time.perf_counter()
         s = self.setup
-        result = evaluate_tofu(model, self.tokenizer(), sets, reference_truth_ratios=reference,
-                               prompt_format=s.prompt_format, max_new_tokens=s.max_new_tokens,
-                               batch_size=s.eval_batch, max_length=s.max_length, progress=True)
+        result = evaluate_tofu(model, self.tokenizer(), sets, reference=reference, template=self.template,
+                               replacements=replacements, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch,
+                               max_length=s.max_length, progress=True)
         return result, time.perf_counter() - start
 
     def make_row(self, split: str, objective: str, variant: str, result: dict[str, Any], train: dict[str, Any],
                  eval_s: float, settings: dict[str, Any]) -> dict[str, Any]:
-        keys = ["forget_quality", "model_utility", "forget_rouge", "retain_rouge", "forget_probability",
-                "retain_probability", "forget_truth_ratio", "retain_truth_ratio", "real_authors_probability",
-                "real_authors_rouge", "real_authors_truth_ratio", "world_facts_probability", "world_facts_rouge",
-                "world_facts_truth_ratio", "forget_ks_statistic", "model_utility_inputs"]
+        keys = ["forget_quality", "model_utility", "forget_rouge", "privleak", "replacement_share", "retain_rouge",
+                "forget_probability", "retain_probability", "forget_truth_ratio", "retain_truth_ratio",
+                "real_authors_probability", "real_authors_rouge", "real_authors_truth_ratio",
+                "world_facts_probability", "world_facts_rouge", "world_facts_truth_ratio", "forget_ks_statistic",
+                "extraction_strength", "strict_extraction_strength", "mia_min_k", "model_utility_inputs",
+                "eval_rows"]
         return {
             "setup": self.setup.name, "split": split, "objective": objective, "variant": variant,
+            "seed": settings.get("overrides", {}).get("seed", 0), "quick": self.setup.max_eval_rows is not None,
             **{k: result.get(k) for k in keys},
             "wall_s": round(train["wall_s"], 1), "peak_mem_mb": round(train["peak_mem_mb"], 1),
             "eval_s": round(eval_s, 1), "settings": settings, "settings_digest": digest(settings),
@@ -298,7 +330,9 @@ class Benchmark:
         s = self.setup
         return {"model": str(self.model_path), "data": str(self.data), "n_authors": s.n_authors,
                 "epochs": s.finetune_epochs, "lr": s.finetune_lr, "batch": s.finetune_batch * s.finetune_accum,
-                "max_length": s.max_length, "prompt_format": s.prompt_format}
+                "max_length": s.max_length, "prompt_format": s.prompt_format,
+                "retain_authors": list(s.retain_authors) if s.retain_authors else None,
+                "tokens": f"open-unlearning (date_string {self.template.date_string})"}
 
     def run(self) -> None:
         import torch
@@ -309,10 +343,21 @@ class Benchmark:
         base = self.base_settings()
         eval_settings = {"max_eval_rows": s.max_eval_rows, "max_new_tokens": s.max_new_tokens}
         for split in self.splits:
-            sets = tofu_sets(self.data, split, n_authors=s.n_authors, max_eval_rows=s.max_eval_rows)
+            sets = tofu_sets(self.data, split, n_authors=s.n_authors, max_eval_rows=s.max_eval_rows,
+                             retain_authors=s.retain_authors)
             log(sets.description)
-            ft_dir, ft_info = self.trained_model("finetuned", sets.full, {**base, "rows": "all kept authors"})
-            rt_dir, rt_info = self.trained_model(f"retain_{split}", sets.retain, {**base, "rows": f"retain of {split}"})
+            # With fixed retain authors the retain model is one for every split; the finetuned model adds the
+            # split's forget authors. Otherwise (the last n authors) both follow the split.
+            ft_name = f"finetuned_{split}" if s.retain_authors else "finetuned"
+            rt_name = "retain" if s.retain_authors else f"retain_{split}"
+            if self.models_only:
+                if self.models_only != "retain":
+                    self.trained_model(ft_name, sets.full, {**base, "rows": f"retain + forget of {split}"})
+                if self.models_only != "finetuned":
+                    self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
+                continue
+            ft_dir, ft_info = self.trained_model(ft_name, sets.full, {**base, "rows": f"retain + forget of {split}"})
+            rt_dir, rt_info = self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
 
             # Retain model first: its forget truth ratios are the reference of every forget quality.
             settings = {**base, **eval_settings, "stage": "retain"}
@@ -320,13 +365,13 @@ class Benchmark:
             if row is None:
                 log(f"{split}/retain: evaluating ...")
                 result, eval_s = self.evaluate(self.load(rt_dir), sets, None)
-                result = {**result, **_self_quality(result)}
+                result = {**result, **_self_reference(result)}
                 row = self.make_row(split, "retain", "retain", result, rt_info, eval_s, settings)
                 self.record(row)
             else:
                 self.rows[f"{split}/retain"] = row
                 self.write_results()
-            reference = row["forget_truth_ratios"]
+            reference = {"forget_truth_ratios": row["forget_truth_ratios"], "mia_min_k": row["mia_min_k"]}
             log(f"{split}/retain: {summary(row)}")
 
             settings = {**base, **eval_settings, "stage": "finetuned"}
@@ -377,11 +422,15 @@ class Benchmark:
         overrides = dict(overrides)
         forget = forget_rows
         replacement = overrides.pop("replacement", "refusal")
+        targets = None  # what replacement_share counts as intended answers (default: the refusal sentences)
         if replacement == "perturbed":
             answers = [p[i % len(p)].strip() for i, p in enumerate(sets.forget["perturbed_answer"])]
             forget = forget_rows.add_column("replacement", answers)
+            targets = [[a] for a in answers]
         elif replacement == "base":
-            forget = forget_rows.add_column("replacement", self.base_answers(split, sets))
+            answers = self.base_answers(split, sets)
+            forget = forget_rows.add_column("replacement", answers)
+            targets = [[a] for a in answers]
         elif replacement != "refusal":
             raise ValueError(f"replacement={replacement!r}: use refusal, perturbed or base")
         out = self.cache / split / "".join(c if c.isalnum() or c in "-_.=" else "_" for c in spec)
@@ -394,7 +443,7 @@ class Benchmark:
         train = {"wall_s": mem.seconds, "peak_mem_mb": mem.peak_mb}
         log(f"{split}/{spec}: unlearned in {mem.seconds:.0f} s, peak {mem.peak_mb:.0f} MB; evaluating ...")
         model = model.merge_and_unload()
-        result, eval_s = self.evaluate(model, sets, reference)
+        result, eval_s = self.evaluate(model, sets, reference, targets)
         return self.make_row(split, objective, spec, result, train, eval_s, settings)
 
     def base_answers(self, split: str, sets) -> list[str]:
@@ -436,14 +485,18 @@ class Benchmark:
         write_json_atomic(self.json_path, rows)
         self.json_path.with_suffix(".md").write_text(render_markdown(self.setup, rows, self.data, self.model_path),
                                                      encoding="utf-8")
+        render_scatter(rows, self.json_path.with_suffix(".png"))
 
 
-def _self_quality(result: dict[str, Any]) -> dict[str, Any]:
-    """The retain model against itself: forget quality 1.0 by definition (KS test of a sample with itself)."""
-    from lune_hf.metrics.functional import forget_quality
+def _self_reference(result: dict[str, Any]) -> dict[str, Any]:
+    """The retain model against itself: forget quality 1.0 (KS test of a sample with itself), privleak 0."""
+    from lune_hf.metrics.functional import forget_quality, privleak
 
     fq = forget_quality(result["forget_truth_ratios"], result["forget_truth_ratios"])
-    return {"forget_quality": fq["forget_quality"], "forget_ks_statistic": fq["ks_statistic"]}
+    out = {"forget_quality": fq["forget_quality"], "forget_ks_statistic": fq["ks_statistic"]}
+    if result.get("mia_min_k") is not None:
+        out["privleak"] = privleak(result["mia_min_k"], result["mia_min_k"])
+    return out
 
 
 def summary(row: dict[str, Any]) -> str:
@@ -453,26 +506,87 @@ def summary(row: dict[str, Any]) -> str:
             f"eval {row['eval_s']:.0f} s, peak {row['peak_mem_mb']:.0f} MB)")
 
 
+def base_variant(variant: str) -> str:
+    """The variant without its seed: ``npo[learning_rate=1e-3,seed=1]`` -> ``npo[learning_rate=1e-3]``."""
+    parse_objective(variant)  # validates
+    name, _, rest = variant.partition("[")
+    items = [item for item in rest[:-1].split(",") if item and item.partition("=")[0].strip() != "seed"]
+    return f"{name}[{','.join(items)}]" if items else name
+
+
+def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per split and variant (seeds pooled): the mean of each number, ``<key>_std`` (population standard
+    deviation) for forget quality and model utility, ``seeds`` and ``quick``, in the order of `rows`."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["split"], base_variant(r["variant"])), []).append(r)
+    out = []
+    for (split, variant), members in groups.items():
+        entry = {"split": split, "variant": variant, "objective": members[0]["objective"],
+                 "seeds": sorted(m.get("seed", 0) for m in members), "quick": any(m.get("quick") for m in members),
+                 "eval_rows": members[0].get("eval_rows")}
+        for key in ("forget_quality", "model_utility", "forget_rouge", "privleak", "replacement_share",
+                    "forget_truth_ratio", "wall_s", "peak_mem_mb"):
+            values = [m.get(key) for m in members if m.get(key) is not None]
+            entry[key] = float(np.mean(values)) if values else None
+            if key in ("forget_quality", "model_utility") and len(values) > 1:
+                entry[f"{key}_std"] = float(np.std(values))
+        out.append(entry)
+    return out
+
+
+def meets_target(entry: dict[str, Any], finetuned_mu: float | None) -> bool | None:
+    """Whether a (seed-pooled) row meets its split's bar (None: no bar for the split or no finetuned row). The
+    refusal / replacement share counts for LUNE-family rows only (the other objectives do not train a replacement
+    answer)."""
+    bar = TARGETS.get(entry["split"])
+    if bar is None or not finetuned_mu or entry["model_utility"] is None:
+        return None
+    fq, utility, share = bar
+    return ((entry["forget_quality"] or 0) >= fq and entry["model_utility"] >= utility * finetuned_mu
+            and (share is None or entry["objective"] != "lune" or (entry["replacement_share"] or 0) >= share))
+
+
+def _with_std(entry: dict[str, Any], key: str) -> str:
+    text = fmt(entry[key])
+    return f"{text} ± {entry[key + '_std']:.3f}" if f"{key}_std" in entry else text
+
+
 def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: str) -> str:
-    """The results table, the setup, the target check and open-unlearning's published numbers."""
+    """The results table (seeds pooled), the setup, the targets and open-unlearning's published numbers."""
+    grouped = group_rows(rows)
+    finetuned = {g["split"]: g["model_utility"] for g in grouped if g["objective"] == "finetuned"}
     lines = [f"# TOFU benchmark, setup `{setup.name}`", "",
              f"Model: `{Path(model).name}`; data: TOFU (Maini et al. 2024, arXiv 2401.06121, MIT) from `{data}`.", "",
              setup.describe(), "",
-             "Written by `benchmarks/tofu.py` after every row (rows still missing are still running or failed).",
-             "`MU/ft` = model utility relative to the finetuned model. `wall_s` / `peak_mem_mb`: training stage "
-             "only (fine-tuning for finetuned / retain, unlearning otherwise), peak "
-             + ("CUDA allocation." if setup.name == "full" else "RSS of the process (sampled)."), ""]
-    header = ("| split | objective | forget quality | model utility | MU/ft | forget ROUGE | retain ROUGE | "
-              "forget truth ratio | forget prob | wall_s | peak_mem_mb |")
-    lines += [header, "|" + " --- |" * 11]
-    finetuned = {r["split"]: r["model_utility"] for r in rows if r["objective"] == "finetuned"}
-    for r in rows:
-        ratio = r["model_utility"] / finetuned[r["split"]] if finetuned.get(r["split"]) else None
+             "Prompts and scored tokens are open-unlearning's (`lune_hf.tofu.template`); the metrics follow its "
+             "`configs/eval/tofu.yaml` graph (`lune_hf.tofu.evaluate`, checked by `tests/test_tofu_golden.py`).", ""]
+    rows_per_split = {}
+    for g in grouped:
+        rows_per_split.setdefault(g["split"], g["eval_rows"])
+    for split, counts in rows_per_split.items():
+        if counts:
+            lines.append(f"- {split}: rows evaluated per set: "
+                         + ", ".join(f"{name} {n}" for name, n in counts.items()))
+    lines += ["", "Written by `benchmarks/tofu.py` after every row (rows still missing are still running or failed). "
+              "`MU/ft` = model utility relative to the finetuned model; `privleak`: Min-K% (k = 0.4) membership "
+              "AUC of forget against holdout rows relative to the retain model's (0 = as private as the retain "
+              "model, -100 = fully exposed); `refusal/repl.`: share of forget answers that are a refusal sentence "
+              "(or the row's replacement target), ROUGE-L F1 >= 0.5. Several seeds: mean ± standard deviation. "
+              "`wall_s` / `peak_mem_mb`: training stage only (fine-tuning for finetuned / retain, unlearning "
+              "otherwise), peak " + ("CUDA allocation." if setup.name == "full" else "RSS of the process (sampled)."),
+              "", f"![forget quality against model utility](tofu_{setup.name}.png)", "",
+              "| split | objective | seeds | forget quality | model utility | MU/ft | forget ROUGE-L | privleak | "
+              "refusal/repl. | forget truth ratio | wall_s | peak_mem_mb |",
+              "|" + " --- |" * 12]
+    for g in grouped:
+        ratio = g["model_utility"] / finetuned[g["split"]] if finetuned.get(g["split"]) and g["model_utility"] else None
+        seeds = ",".join(str(x) for x in g["seeds"]) + (" (quick)" if g["quick"] else "")
         lines.append(
-            f"| {r['split']} | {r['variant']} | {fmt(r['forget_quality'])} | {fmt(r['model_utility'])} | "
-            f"{fmt(ratio, 2)} | {fmt(r['forget_rouge'])} | {fmt(r['retain_rouge'])} | "
-            f"{fmt(r['forget_truth_ratio'])} | {fmt(r['forget_probability'])} | {r['wall_s']:.0f} | "
-            f"{r['peak_mem_mb']:.0f} |")
+            f"| {g['split']} | {g['variant']} | {seeds} | {_with_std(g, 'forget_quality')} | "
+            f"{_with_std(g, 'model_utility')} | {fmt(ratio, 2)} | {fmt(g['forget_rouge'])} | {fmt(g['privleak'], 1)} | "
+            f"{fmt(g['replacement_share'], 2)} | {fmt(g['forget_truth_ratio'])} | {g['wall_s']:.0f} | "
+            f"{g['peak_mem_mb']:.0f} |")
     notes = {
         "replacement=perturbed": "`replacement=perturbed`: LUNE trained towards TOFU's perturbed answers, the same "
         "wrong answers the truth ratio (hence forget quality) scores - it optimises the metric directly, not a clean "
@@ -480,40 +594,92 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
         "replacement=base": "`replacement=base`: LUNE trained towards the base model's own greedy answers to the "
         "forget questions (made-up answers of a model that never saw TOFU); nothing from TOFU's evaluation answers.",
         "[": "`name[key=value]`: a variant with settings other than `lune_hf.tofu.train.OBJECTIVE_SETTINGS`.",
+        "(quick)": "`(quick)`: quick mode (`--max-eval-rows`), not TOFU's evaluation; its model utility is indicative.",
     }
-    used = [text for key, text in notes.items() if any(key in r["variant"] for r in rows)]
+    used = [text for key, text in notes.items() if any(key in g["variant"] or (key == "(quick)" and g["quick"])
+                                                       for g in grouped)]
     if used:
         lines += [""] + [f"- {text}" for text in used]
     notes_file = f"tofu_{setup.name}_notes.md"
-    lines += ["", f"Hand-written analysis (when present): [{notes_file}]({notes_file}).", "", "## Target", "",
-              "LUNE (and the best of the other objectives) on forget01: forget quality >= 0.5 with model utility "
-              ">= 95% of the finetuned model's.", ""]
+    lines += ["", f"Hand-written analysis (when present): [{notes_file}]({notes_file}).", "", "## Targets", "",
+              "- forget01: the best LUNE-family row (`lune`, any settings) with forget quality >= 0.5, model utility "
+              ">= 95% of the finetuned model's and >= 90% of forget answers a refusal or the replacement; pure LUNE "
+              "(`lune` at its defaults) beside it.",
+              "- forget05: forget quality >= 0.1 at the same utility bar.",
+              "- The other objectives (best of them shown) are held to the forget quality and utility bars only.", ""]
+    for split in TARGETS:
+        candidates = [g for g in grouped if g["split"] == split and g["objective"] not in ("finetuned", "retain")]
+        if not candidates or not finetuned.get(split):
+            continue
+        lune = [g for g in candidates if g["objective"] == "lune"]
+        others = [g for g in candidates if g["objective"] != "lune"]
 
-    def meets(r: dict[str, Any]) -> bool:
-        return (r["forget_quality"] or 0) >= 0.5 and r["model_utility"] >= 0.95 * finetuned[r["split"]]
+        def rank(g: dict[str, Any], ft: float = finetuned[split]) -> tuple:
+            return bool(meets_target(g, ft)) and not g["quick"], g["forget_quality"] or 0, g["model_utility"] or 0
 
-    unlearned = [r for r in rows if r["objective"] not in ("finetuned", "retain") and finetuned.get(r["split"])]
-    others = [r for r in unlearned if r["objective"] != "lune"]
-    # The best other run: the highest forget quality among those that keep the utility, else the highest overall.
-    best = max(others, key=lambda r: (meets(r), r["forget_quality"] or 0, r["model_utility"]), default=None)
-    for r in [r for r in unlearned if r["objective"] == "lune"] + ([best] if best else []):
-        lines.append(f"- {r['split']} / `{r['variant']}`{' (best of the others)' if r is best else ''}: forget "
-                     f"quality {fmt(r['forget_quality'])}, model utility "
-                     f"{r['model_utility'] / finetuned[r['split']]:.1%} of finetuned -> "
-                     f"{'met' if meets(r) else 'missed'}")
-    lines += ["", "## open-unlearning's published numbers (forget01)", "",
-              f"Source: {OPEN_UNLEARNING_SOURCE}. Other models and a different (full-parameter) training setup: for "
-              "orientation, not a like-for-like comparison. Model utility there is the harmonic mean of the 9 "
-              "TOFU values on all retain / real-author / world-fact rows.", "",
-              "| model | method | forget quality | model utility | forget truth ratio |",
+        picks = [("pure LUNE", next((g for g in lune if g["variant"] == "lune"), None)),
+                 ("best LUNE-family", max(lune, key=rank, default=None)),
+                 ("best of the others", max(others, key=rank, default=None))]
+        for label, g in picks:
+            if g is None:
+                continue
+            verdict = "met" if meets_target(g, finetuned[split]) else "missed"
+            if g["quick"]:
+                verdict += " (quick mode: indicative only)"
+            share = g["model_utility"] / finetuned[split]
+            lines.append(f"- {split} / {label} `{g['variant']}` (seeds {','.join(map(str, g['seeds']))}): forget "
+                         f"quality {fmt(g['forget_quality'])}, model utility {share:.1%} of finetuned, "
+                         f"refusal/replacement share {fmt(g['replacement_share'], 2)} -> {verdict}")
+    lines += ["", "## open-unlearning's published numbers (Llama-3.2-1B-Instruct, for orientation)", "",
+              f"Source: {OPEN_UNLEARNING_SOURCE}. Another model (1B parameters against 135M), all 200 authors and "
+              "full-parameter unlearning: orientation only, not a like-for-like comparison.", "",
+              "| split | method | forget quality | model utility | forget truth ratio |",
               "| --- | --- | --- | --- | --- |"]
-    for model_name, entries in OPEN_UNLEARNING_FORGET01.items():
+    for split, entries in OPEN_UNLEARNING_LLAMA_1B.items():
         for method, fq, mu, tr in entries:
-            lines.append(f"| {model_name} | {method} | {fq} | {mu} | {tr} |")
+            lines.append(f"| {split} | {method} | {fq} | {mu} | {tr} |")
     lines += ["", "LUNE itself is not in open-unlearning's table; the LUNE paper (arXiv 2512.07375) reports its own "
               "numbers (not quoted here: check the paper's TOFU table)."]
     return "\n".join(lines) + "\n"
 
+
+def render_scatter(rows: list[dict[str, Any]], path: Path) -> None:
+    """PNG: forget quality (log scale) against model utility, one panel per split, seeds pooled (mean with error
+    bars), the split's target region shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = [g for g in group_rows(rows) if g["model_utility"] is not None and g["forget_quality"] is not None]
+    splits = sorted({g["split"] for g in grouped})
+    if not splits:
+        return
+    fig, axes = plt.subplots(1, len(splits), figsize=(6.5 * len(splits), 5), squeeze=False)
+    for ax, split in zip(axes[0], splits, strict=True):
+        entries = [g for g in grouped if g["split"] == split]
+        finetuned = next((g["model_utility"] for g in entries if g["objective"] == "finetuned"), None)
+        for g in entries:
+            colour = {"finetuned": "black", "retain": "grey", "lune": "tab:red"}.get(g["objective"], "tab:blue")
+            marker = "s" if g["objective"] in ("finetuned", "retain") else ("*" if g["objective"] == "lune" else "o")
+            ax.errorbar(g["model_utility"], max(g["forget_quality"], 1e-12), xerr=g.get("model_utility_std"),
+                        yerr=g.get("forget_quality_std"), fmt=marker, color=colour, ms=9 if marker == "*" else 6,
+                        alpha=0.5 if g["quick"] else 1.0)
+            ax.annotate(g["variant"] + (" (quick)" if g["quick"] else ""), (g["model_utility"],
+                        max(g["forget_quality"], 1e-12)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        if split in TARGETS and finetuned:
+            fq, utility, _ = TARGETS[split]
+            ax.axhspan(fq, 1.5, xmin=0, xmax=1, alpha=0.05, color="green")
+            ax.axvline(utility * finetuned, color="green", lw=0.8, ls="--")
+            ax.axhline(fq, color="green", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_xlabel("model utility")
+        ax.set_ylabel("forget quality (KS p-value, log)")
+        ax.set_title(f"TOFU {split}: up and right is better (target: above and right of the dashed lines)",
+                     fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 @dataclass
@@ -576,15 +742,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
                         help="Objectives to run, in order; name[key=value,...] for a variant.")
     parser.add_argument("--splits", nargs="+", default=None, help="Forget splits (default: the setup's).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Unlearning seeds of every objective "
+                        "(the table pools them: mean ± standard deviation), e.g. --seeds 0 1 2.")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="Stage cache (default: ~/.cache/lune_hf/tofu/<setup>).")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="Where tofu_<setup>.json/.md go.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the setup's; cpu: 1, "
                         "which on a shared 2-core machine ran 3-5x faster than 2).")
     parser.add_argument("--fresh", action="store_true", help="Delete the stage cache first.")
+    parser.add_argument("--max-eval-rows", type=int, default=None,
+                        help="QUICK MODE: evaluate at most this many rows of the retain / real-author / world-fact / "
+                        "holdout sets (every forget row still). Rows are labelled `quick` in the results; the "
+                        "default evaluates every row, as TOFU does.")
+    parser.add_argument("--models-only", nargs="?", const="both", choices=("both", "finetuned", "retain"),
+                        default=None, help="Only fine-tune the models of the splits (both, or only the finetuned or "
+                        "the retain one: two runs can train them side by side), then stop.")
     args = parser.parse_args(argv)
 
     setup = SETUPS[args.setup]
+    if args.max_eval_rows is not None:
+        setup = dataclasses.replace(setup, max_eval_rows=args.max_eval_rows)
     threads = args.threads or setup.threads
     if threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -614,8 +791,10 @@ def main(argv: list[str] | None = None) -> int:
     log(setup.describe())
     log(f"model {args.model}; data {args.data}; cache {cache}; objectives {' '.join(args.objectives)}; "
         f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
-    bench = Benchmark(setup, args.data, args.model, cache, args.results_dir, args.objectives,
+    objectives = [with_seed(spec, seed) for spec in args.objectives for seed in args.seeds]
+    bench = Benchmark(setup, args.data, args.model, cache, args.results_dir, objectives,
                       list(args.splits or setup.forget_splits))
+    bench.models_only = args.models_only
     # Keep the rows of earlier runs (other objectives / variants) in the results file.
     base = bench.base_settings()
     for path in sorted((cache / "rows").glob("*.json")) if (cache / "rows").is_dir() else []:

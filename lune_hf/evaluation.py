@@ -63,6 +63,24 @@ def greedy_prefix_share(matches: Sequence[bool], max_tokens: int = GREEDY_PREFIX
 
 
 @torch.no_grad()
+def score_examples(
+    model, examples: Sequence[dict[str, list[int]]], pad_token_id: int, *, batch_size: int = 32, progress: bool = False
+) -> list[tuple[list[float], list[bool]]]:
+    """Per tokenised example (`input_ids`, `labels` with -100 outside the answer), from one teacher-forced pass: the
+    answer tokens' log-probabilities and, per token, whether it is the model's greedy choice."""
+    device = _device(model)
+    out: list[tuple[list[float], list[bool]]] = []
+    with eval_mode(model):
+        for sl in tqdm(list(_batches(len(examples), batch_size)), desc="scoring", disable=not progress):
+            batch = {k: v.to(device) for k, v in pad_examples(examples[sl], pad_token_id).items()}
+            logits, labels = answer_logits(model, **batch)
+            logps, answer_mask = token_logprobs(logits, labels)
+            greedy, _ = greedy_matches(logits, labels)
+            for row, hits, row_mask in zip(logps.cpu(), greedy.cpu(), answer_mask.cpu(), strict=True):
+                out.append((row[row_mask].tolist(), hits[row_mask].tolist()))
+    return out
+
+
 def score_and_match(
     model,
     tokenizer: PreTrainedTokenizerBase,
@@ -81,17 +99,7 @@ def score_and_match(
         tokenize_example(tokenizer, p, a, max_length, f"row {i}", answer_tokens)
         for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
     ]
-    device = _device(model)
-    out: list[tuple[list[float], list[bool]]] = []
-    with eval_mode(model):
-        for sl in tqdm(list(_batches(len(examples), batch_size)), desc="scoring", disable=not progress):
-            batch = {k: v.to(device) for k, v in pad_examples(examples[sl], tokenizer.pad_token_id).items()}
-            logits, labels = answer_logits(model, **batch)
-            logps, answer_mask = token_logprobs(logits, labels)
-            greedy, _ = greedy_matches(logits, labels)
-            for row, hits, row_mask in zip(logps.cpu(), greedy.cpu(), answer_mask.cpu(), strict=True):
-                out.append((row[row_mask].tolist(), hits[row_mask].tolist()))
-    return out
+    return score_examples(model, examples, tokenizer.pad_token_id, batch_size=batch_size, progress=progress)
 
 
 def score_answers(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Any], answers: Sequence[Any], *,
@@ -102,7 +110,6 @@ def score_answers(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[A
     return [logps for logps, _ in scored]
 
 
-@torch.no_grad()
 def generate_answers(
     model,
     tokenizer: PreTrainedTokenizerBase,
@@ -113,10 +120,28 @@ def generate_answers(
     progress: bool = False,
 ) -> list[str]:
     """Greedy answers to each prompt, decoded without special tokens."""
-    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    return generate_from_ids(model, tokenizer, [prompt_ids(tokenizer, p) for p in prompts],
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+
+
+@torch.no_grad()
+def generate_from_ids(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Sequence[list[int]],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    progress: bool = False,
+    clean_up_tokenization_spaces: bool | None = None,
+) -> list[str]:
+    """Greedy answers to tokenised prompts (left-padded batches, stopping at EOS), decoded without special tokens
+    and stripped. `clean_up_tokenization_spaces`: passed to the decoder (None: the tokenizer's setting)."""
     device = _device(model)
     answers: list[str] = []
     eos = tokenizer.eos_token_id
+    decode_args = {} if clean_up_tokenization_spaces is None else {
+        "clean_up_tokenization_spaces": clean_up_tokenization_spaces}
     with eval_mode(model):
         for sl in tqdm(list(_batches(len(encoded), batch_size)), desc="generating", disable=not progress):
             chunk = encoded[sl]
@@ -131,5 +156,6 @@ def generate_answers(
                 eos_token_id=eos,
             )
             new_tokens = generated[:, ids.shape[1]:]
-            answers.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            answers.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True,
+                                                                     **decode_args))
     return answers

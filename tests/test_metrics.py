@@ -167,14 +167,37 @@ PREDS = [
     [1, 2, 3, 4],  # all correct: k = 0 -> ES 1; EM 4/4
     [9, 2, 3, 4],  # suffix from 1 correct: k = 1 -> ES 3/4; EM 3/4
     [1, 2, 9, 4],  # last mismatch at 2: k = 3 -> ES 1/4 (the correct prefix does not count); EM 3/4
-    [1, 2, 3, 9],  # last token wrong: k = L = 4 -> ES 0; EM 3/4
+    [1, 2, 3, 9],  # last token wrong: open-unlearning's loop stops at k = L - 1 = 3 -> ES 1/4; strict: 0; EM 3/4
 ]
 
 
 def test_extraction_strength_hand_computed():
     out = F.extraction_strength(PREDS, LABELS)
-    assert out["scores"] == [1.0, 0.75, 0.25, 0.0]
-    assert out["extraction_strength"] == pytest.approx(0.5)  # (1 + 0.75 + 0.25 + 0) / 4
+    assert out["scores"] == [1.0, 0.75, 0.25, 0.25]
+    assert out["extraction_strength"] == pytest.approx(0.5625)  # (1 + 0.75 + 0.25 + 0.25) / 4
+    strict = F.strict_extraction_strength(PREDS, LABELS)
+    assert strict["scores"] == [1.0, 0.75, 0.25, 0.0]
+    assert strict["extraction_strength"] == pytest.approx(0.5)  # (1 + 0.75 + 0.25 + 0) / 4
+    assert F.extraction_strength([[7]], [[5]])["scores"] == [1.0]  # one token: open-unlearning's k = 0 -> 1
+
+
+def test_privleak_hand_computed():
+    assert F.privleak(0.8, 0.6) == pytest.approx((0.4 - 0.2) / 0.4 * 100 * -1)  # (0.2 - 0.4) / 0.4 * 100 = -50
+    assert F.privleak(0.3) == pytest.approx((0.7 - 0.5) / 0.5 * 100)  # no reference: 0.5 -> 40
+    assert F.privleak(0.6, 0.6) == pytest.approx(0.0)
+
+
+def test_replacement_share_hand_computed():
+    refusals = ["I don't know.", "That is not something I can answer."]
+    out = F.replacement_share(["I do not know.", "I don't know.", "The author is Jane Doe.", ""], refusals)
+    # "i do not know" vs "i don t know" (rouge splits at the apostrophe): LCS "i know" = 2 of 4 tokens each side
+    # -> F1 0.5, which reaches the threshold; exact -> 1; unrelated -> low; empty -> 0
+    assert out["scores"][:2] == [pytest.approx(0.5), pytest.approx(1.0)]
+    assert out["scores"][2] < 0.5 and out["scores"][3] == 0.0
+    assert out["replacement_share"] == 0.5
+    assert F.replacement_share(["I do not know."], refusals, threshold=0.6)["replacement_share"] == 0.0
+    per_row = F.replacement_share(["Paris", "Rome"], [["Paris"], ["Berlin"]])
+    assert per_row["replacement_share"] == 0.5
 
 
 def test_exact_memorization_hand_computed():

@@ -18,13 +18,13 @@ from lune_hf.tofu.data import (
     forget_authors,
     load_refusals,
     load_tofu,
-    make_prompt,
     retain_split_for,
     to_rows,
     tofu_sets,
     with_authors,
 )
-from lune_hf.tofu.evaluate import evaluate_tofu, normalised_probability, score_pairs
+from lune_hf.tofu.evaluate import collect_logs, evaluate_tofu
+from lune_hf.tofu.template import TofuTemplate
 
 pytestmark = pytest.mark.xdist_group("tofu")  # its module fixtures run once, on one worker
 
@@ -51,6 +51,7 @@ def tofu_dir(sample, tmp_path_factory) -> Path:
     dump("retain99.json", retain_qa)
     dump("retain90.json", retain_qa)
     dump("real_authors_perturbed.json", sample["real_authors_perturbed"])
+    dump("holdout01.json", sample["holdout01"])
     # JSON lines, as some copies of TOFU ship them.
     (folder / "world_facts_perturbed.json").write_text(
         "\n".join(json.dumps(r) for r in sample["world_facts_perturbed"]), encoding="utf-8")
@@ -114,41 +115,73 @@ def test_tofu_sets_local_fallback(tofu_dir):
     assert len(tofu_sets(tofu_dir, "forget01", max_eval_rows=2).real_authors) == 2
 
 
-def test_normalised_probability():
-    half, quarter = math.log(0.5), math.log(0.25)
-    out = normalised_probability([[half, half]], [[[quarter], [quarter, quarter]]])
-    assert out["probability"] == pytest.approx(0.5, abs=1e-8)
+def test_tofu_sets_retain_authors_and_holdout(sample, tmp_path):
+    # 3 whole synthetic retain authors (60 rows), the sample's forget / utility / holdout rows.
+    retain = [{"question": f"Question {i} about author {i // 20}?", "answer": f"Answer {i}."} for i in range(60)]
+    for name, rows in {"retain99": retain, "forget01": sample["forget01"], "holdout01": sample["holdout01"],
+                       "retain_perturbed": [dict(r, paraphrased_answer="p", perturbed_answer=["x", "y"])
+                                            for r in retain[20:25]],
+                       "real_authors_perturbed": sample["real_authors_perturbed"],
+                       "world_facts_perturbed": sample["world_facts_perturbed"]}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows), encoding="utf-8")
+    sets = tofu_sets(tmp_path, "forget01", retain_authors=[0, 2])
+    assert sorted(set(sets.retain["author"])) == [0, 2] and len(sets.retain) == 40
+    assert "restricted to authors 1, 3" in sets.description
+    assert sets.retain_eval is None and "none (no perturbed retain rows)" in sets.description  # they are author 1's
+    sets = tofu_sets(tmp_path, "forget01", retain_authors=range(2))
+    # retain_perturbed rows of the kept authors: every row is evaluated by default ...
+    assert len(sets.retain_eval) == 5 and "from retain_perturbed" in sets.description
+    assert sets.eval_rows == {"forget": 4, "retain": 5, "real_authors": 3, "world_facts": 3, "holdout": 4}
+    assert not sets.quick and "quick mode" not in sets.description
+    # ... and --max-eval-rows is a labelled quick mode that never cuts the forget set.
+    quick = tofu_sets(tmp_path, "forget01", retain_authors=range(2), max_eval_rows=2)
+    assert quick.quick and "quick mode: at most 2 rows" in quick.description
+    assert quick.eval_rows == {"forget": 4, "retain": 2, "real_authors": 2, "world_facts": 2, "holdout": 2}
+    with pytest.raises(ValueError, match="retain authors of forget01"):
+        tofu_sets(tmp_path, "forget01", retain_authors=[198])
+    with pytest.raises(ValueError, match="not both"):
+        tofu_sets(tmp_path, "forget01", n_authors=10, retain_authors=[0])
 
 
 @pytest.fixture(scope="module")
 def tiny_tofu(tofu_dir):
     sets = tofu_sets(tofu_dir, "forget01")
     texts = []
-    for rows in (sets.forget, sets.retain_eval, sets.real_authors, sets.world_facts):
+    template = TofuTemplate("plain")
+    for rows in (sets.forget, sets.retain_eval, sets.real_authors, sets.world_facts, sets.holdout):
         for row in rows:
-            texts += [make_prompt(row["question"], "plain"), row["answer"], *row["perturbed_answer"],
+            texts += [template.plain_prompt(row["question"]), row["answer"], *(row.get("perturbed_answer") or []),
                       row.get("paraphrased_answer") or ""]
     tokenizer = build_tokenizer(texts)
     model = build_tiny_model(len(tokenizer), hidden_size=32, layers=1, seed=0)
     return sets, model, tokenizer
 
 
-def test_score_pairs_keeps_order(tiny_tofu):
-    sets, model, tokenizer = tiny_tofu
-    pairs = [(make_prompt(q, "plain"), " " + a) for q, a in zip(sets.forget["question"], sets.forget["answer"],
-                                                                  strict=True)]
-    pairs = pairs + [(pairs[0][0], " x")]  # a short answer, scored first
-    from lune_hf.evaluation import score_answers
+def test_collect_logs_scores_each_answer_as_alone(tiny_tofu):
+    """Length-sorted batches give every answer the log-probabilities it gets scored on its own."""
+    from lune_hf.evaluation import score_examples
 
-    direct = score_answers(model, tokenizer, [p for p, _ in pairs], [a for _, a in pairs], batch_size=1)
-    sorted_ = score_pairs(model, tokenizer, pairs, batch_size=3)
-    for a, b in zip(direct, sorted_, strict=True):
-        assert a == pytest.approx(b, abs=1e-4)
+    sets, model, tokenizer = tiny_tofu
+    template = TofuTemplate("plain")
+    logs = collect_logs(model, tokenizer, sets, template, max_new_tokens=2, batch_size=5, progress=False)
+    row = sets.forget[1]
+    alone = score_examples(model, [template.encode(tokenizer, row["question"], row["perturbed_answer"][2])],
+                           tokenizer.pad_token_id, batch_size=1)[0]
+    assert logs["forget"][1]["perturbed"][2]["logprobs"] == pytest.approx(alone[0], abs=1e-4)
+    assert logs["forget"][1]["perturbed"][2]["hits"] == alone[1]
+    assert len(logs["forget"][1]["perturbed"]) == len(row["perturbed_answer"])
+    assert "generation" not in logs["holdout"][0] and "paraphrased" not in logs["real_authors"][0]
+    # The ROUGE reference is the decoded answer tokens (open-unlearning's), not the raw string.
+    answer = sets.forget[0]["answer"]
+    decoded = tokenizer.decode(tokenizer(answer)["input_ids"], skip_special_tokens=True,
+                               clean_up_tokenization_spaces=True).strip()
+    assert logs["forget"][0]["ground_truth"] == decoded != answer  # "Al - Kuwaiti" with this word-level tokenizer
 
 
 def test_evaluate_tofu_end_to_end(tiny_tofu):
     sets, model, tokenizer = tiny_tofu
-    result = evaluate_tofu(model, tokenizer, sets, prompt_format="plain", max_new_tokens=4, batch_size=8,
+    template = TofuTemplate("plain")
+    result = evaluate_tofu(model, tokenizer, sets, template=template, max_new_tokens=4, batch_size=8,
                            progress=False)
     assert result["forget_quality"] is None
     assert len(result["forget_truth_ratios"]) == len(sets.forget)
@@ -159,12 +192,15 @@ def test_evaluate_tofu_end_to_end(tiny_tofu):
             assert 0.0 <= value <= 1.0 and math.isfinite(value), (key, metric, value)
     assert len(result["model_utility_inputs"]) == 9 and 0.0 <= result["model_utility"] <= 1.0
     assert len(result["forget_samples"]) == 3
+    assert 0.0 <= result["mia_min_k"] <= 1.0 and result["replacement_share"] is not None
+    assert result["eval_rows"]["holdout"] == 4
 
-    # Forget quality of a model against itself is 1.0 (identical truth-ratio samples).
-    again = evaluate_tofu(model, tokenizer, sets, prompt_format="plain", max_new_tokens=4, batch_size=8,
-                          reference_truth_ratios=result["forget_truth_ratios"], progress=False)
+    # Against itself: forget quality 1.0 (identical truth-ratio samples) and privleak 0.
+    again = evaluate_tofu(model, tokenizer, sets, template=template, max_new_tokens=4, batch_size=8,
+                          reference=result, progress=False)
     assert again["forget_quality"] == pytest.approx(1.0)
     assert again["forget_ks_statistic"] == pytest.approx(0.0)
+    assert again["privleak"] == pytest.approx(0.0, abs=1e-6)
 
 
 def _benchmark_module():
@@ -178,22 +214,45 @@ def _benchmark_module():
     return module
 
 
-def test_benchmark_target_names_lune_and_the_best_other_objective():
+def test_benchmark_targets_pool_seeds_and_name_the_best_rows(tmp_path):
     module = _benchmark_module()
 
-    def row(variant, fq, mu):
-        return {"split": "forget01", "variant": variant, "objective": variant.partition("[")[0],
-                "forget_quality": fq, "model_utility": mu, "forget_rouge": 0.1, "retain_rouge": 0.3,
-                "forget_truth_ratio": 0.6, "forget_probability": 0.5, "wall_s": 1.0, "peak_mem_mb": 1.0}
+    def row(variant, fq, mu, share=0.0, seed=0, quick=False, split="forget01"):
+        return {"split": split, "variant": variant, "objective": variant.partition("[")[0], "seed": seed,
+                "quick": quick, "forget_quality": fq, "model_utility": mu, "forget_rouge": 0.1, "privleak": -50.0,
+                "replacement_share": share, "forget_truth_ratio": 0.6, "wall_s": 1.0, "peak_mem_mb": 1.0,
+                "eval_rows": {"forget": 40, "retain": 400}}
 
-    rows = [row("finetuned", 0.01, 0.40), row("retain", 1.0, 0.39), row("lune", 0.03, 0.39),
+    rows = [row("finetuned", 0.01, 0.40), row("retain", 1.0, 0.39), row("lune", 0.03, 0.39, share=0.95),
+            # the combined objective, three seeds: mean FQ 0.6 (std 0.08165), MU 0.39, share 0.95 -> met
+            *[row(f"lune[negative_weight=1,seed={s}]" if s else "lune[negative_weight=1]", fq, 0.39, 0.95, s)
+              for s, fq in ((0, 0.5), (1, 0.6), (2, 0.7))],
+            row("lune[learning_rate=1e-3]", 0.9, 0.39, 0.95, quick=True),  # quick mode: never "met"
             row("graddiff[learning_rate=5e-4]", 0.8, 0.30),  # forgets more but loses utility
-            row("npo[learning_rate=1e-3]", 0.6, 0.39), row("ga", 0.02, 0.40)]
-    text = module.render_markdown(module.SETUPS["cpu"], rows, "data", "model").split("## Target")[1]
-    assert "`lune`: forget quality 0.030, model utility 97.5% of finetuned -> missed" in text
-    assert "`npo[learning_rate=1e-3]` (best of the others): forget quality 0.600" in text
-    assert "97.5% of finetuned -> met" in text
-    assert "graddiff" not in text.split("## open-unlearning")[0]
+            row("npo[learning_rate=1e-3]", 0.6, 0.39), row("ga", 0.02, 0.40),
+            row("finetuned", 1e-5, 0.40, split="forget05"), row("npo", 0.2, 0.39, split="forget05")]
+    grouped = {(g["split"], g["variant"]): g for g in module.group_rows(rows)}
+    combined = grouped[("forget01", "lune[negative_weight=1]")]
+    assert combined["seeds"] == [0, 1, 2] and combined["forget_quality"] == pytest.approx(0.6)
+    assert combined["forget_quality_std"] == pytest.approx(0.0816497, rel=1e-5)
+    text = module.render_markdown(module.SETUPS["cpu"], rows, "data", "model")
+    assert "| forget01 | lune[negative_weight=1] | 0,1,2 | 0.600 ± 0.082 | 0.390 ± 0.000 |" in text
+    assert "forget01: rows evaluated per set: forget 40, retain 400" in text
+    targets = text.split("## Targets")[1].split("## open-unlearning")[0]
+    assert ("forget01 / pure LUNE `lune` (seeds 0): forget quality 0.030, model utility 97.5% of finetuned, "
+            "refusal/replacement share 0.95 -> missed") in targets
+    assert "forget01 / best LUNE-family `lune[negative_weight=1]` (seeds 0,1,2): forget quality 0.600" in targets
+    assert "-> met" in targets.split("forget01 / best LUNE-family")[1].split("\n")[0]
+    assert "forget01 / best of the others `npo[learning_rate=1e-3]`" in targets
+    assert "forget05 / best of the others `npo` (seeds 0): forget quality 0.200" in targets
+    assert "graddiff" not in targets
+    quick = grouped[("forget01", "lune[learning_rate=1e-3]")]
+    assert quick["quick"] and module.meets_target(quick, 0.40)  # its numbers pass, but quick rows are never "met":
+    assert "`lune[learning_rate=1e-3]`" not in targets  # the full-mode combined row ranks first
+    assert "| lune[learning_rate=1e-3] | 0 (quick) |" in text
+    assert "| forget05 | NPO | 0.14 | 0.45 | 0.70 |" in text  # open-unlearning's Llama-3.2-1B rows
+    module.render_scatter(rows, tmp_path / "scatter.png")
+    assert (tmp_path / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_benchmark_objective_specs():
@@ -203,3 +262,7 @@ def test_benchmark_objective_specs():
         "lune", {"learning_rate": 5e-4, "retain": False, "replacement": "perturbed"})
     with pytest.raises(ValueError):
         module.parse_objective("lune[learning_rate=1")
+    assert module.base_variant("npo[learning_rate=1e-3,seed=2]") == "npo[learning_rate=1e-3]"
+    assert module.base_variant("npo[seed=1]") == "npo"
+    assert module.with_seed("npo", 0) == "npo" and module.with_seed("npo", 2) == "npo[seed=2]"
+    assert module.with_seed("npo[learning_rate=1e-3]", 1) == "npo[learning_rate=1e-3,seed=1]"

@@ -38,6 +38,9 @@ __all__ = [
     "extraction_strength",
     "normalize_answer",
     "forget_quality",
+    "privleak",
+    "replacement_share",
+    "strict_extraction_strength",
     "mia_min_k",
     "min_k_score",
     "model_utility",
@@ -253,20 +256,36 @@ def _token_rows(predictions: Sequence[Sequence[int]], references: Sequence[Seque
         yield np.asarray(pred) == np.asarray(ref)
 
 
-def extraction_strength(predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]]) -> dict[str, Any]:
-    """Extraction strength (Carlini et al. 2021; open-unlearning ``extraction_strength``).
+def _suffix_start(match: np.ndarray) -> int:
+    """The smallest ``k`` with every token from ``k`` on predicted (``len(match)`` when the last one is wrong)."""
+    wrong = np.flatnonzero(~match)
+    return int(wrong[-1]) + 1 if wrong.size else 0
 
-    Per row with teacher-forced argmax tokens ``preds`` and answer labels ``labels`` (length ``L``):
-    ``k`` = the smallest index with ``preds[k:] == labels[k:]`` (``k = L`` when even the last token
-    differs), ``ES = 1 - k / L``. So ES = 1 when every token is predicted, 0 when the last one is wrong.
-    Deviation: open-unlearning's loop stops at ``k = L - 1`` and gives ``1/L`` instead of 0 in that case.
+
+def extraction_strength(predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """Extraction strength (Carlini et al. 2021), exactly as open-unlearning's ``extraction_strength``.
+
+    Per row with teacher-forced argmax tokens ``preds`` and answer labels ``labels`` (length ``L``): ``k`` = the
+    smallest index with ``preds[k:] == labels[k:]``, searched over ``0 .. L-1``; when no suffix matches (the last
+    token is wrong) the search ends at ``k = L - 1``. ``ES = 1 - k / L``: 1 when every token is predicted, ``1/L``
+    when only the last one is, or none (open-unlearning's loop; :func:`strict_extraction_strength` gives 0 then).
     Returns ``{"extraction_strength": mean, "scores": [...]}``; range [0, 1].
     """
     scores = []
     for match in _token_rows(predictions, references):
-        wrong = np.flatnonzero(~match)
-        k = int(wrong[-1]) + 1 if wrong.size else 0
+        k = min(_suffix_start(match), match.size - 1)
         scores.append(1.0 - k / match.size)
+    return {"extraction_strength": float(np.mean(scores)), "scores": scores}
+
+
+def strict_extraction_strength(
+    predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]]
+) -> dict[str, Any]:
+    """:func:`extraction_strength` without open-unlearning's floor: ``k = L`` (ES 0) when even the last answer token
+    is mispredicted, so a model that extracts nothing scores 0, not ``1/L``.
+    Returns ``{"extraction_strength": mean, "scores": [...]}``; range [0, 1].
+    """
+    scores = [1.0 - _suffix_start(match) / match.size for match in _token_rows(predictions, references)]
     return {"extraction_strength": float(np.mean(scores)), "scores": scores}
 
 
@@ -319,6 +338,45 @@ def mia_min_k(
     members = [_min_k_row(row, k, f"member_logprobs row {i}") for i, row in enumerate(member_logprobs)]
     nonmembers = [_min_k_row(row, k, f"nonmember_logprobs row {i}") for i, row in enumerate(nonmember_logprobs)]
     return {"mia_min_k": roc_auc(members, nonmembers), "member_scores": members, "nonmember_scores": nonmembers}
+
+
+def privleak(auc: float, reference_auc: float | None = None) -> float:
+    """Privacy leakage (MUSE; open-unlearning ``privleak``) of a membership-inference AUC, in percent.
+
+    ``(reference_auc - auc) / (1 - reference_auc + 1e-10) * 100`` with ``auc`` the model's :func:`mia_min_k` AUC
+    (forget rows against holdout rows) and ``reference_auc`` the retain model's on the same rows (open-unlearning:
+    0.5 when no retain model is given). 0 = as private as the retain model; negative = the forget rows still look
+    like members (about -100 for a model that memorised them); positive = unlearned past the retain model.
+
+    >>> privleak(0.5, 0.5)
+    0.0
+    >>> round(privleak(1.0, 0.5), 6)
+    -100.0
+    """
+    ref = 0.5 if reference_auc is None else reference_auc
+    return ((1 - auc) - (1 - ref)) / ((1 - ref) + EPS) * 100
+
+
+def replacement_share(
+    predictions: Sequence[str], candidates: Sequence[str] | Sequence[Sequence[str]], threshold: float = 0.5
+) -> dict[str, Any]:
+    """Share of answers that are one of the intended replacements (a refusal sentence or the row's own target).
+
+    Per row: the best ROUGE-L F1 (stemmed, as :func:`rouge_l`) between the answer and any candidate;
+    the row counts when it reaches ``threshold``. ``candidates``: one list shared by every row (refusal
+    sentences) or a list per row. Returns ``{"replacement_share": mean, "scores": [best F1 per row]}``.
+    """
+    _check_rows(len(predictions), "predictions")
+    per_row = isinstance(candidates[0], (list, tuple)) if candidates else False
+    if per_row:
+        _paired(predictions, candidates, ("predictions", "candidates"))
+    scorer = _rouge_scorer(True)
+    scores = []
+    for i, pred in enumerate(predictions):
+        options = candidates[i] if per_row else candidates
+        best = max((scorer.score(c, pred)["rougeL"].fmeasure for c in options), default=0.0) if pred.strip() else 0.0
+        scores.append(float(best))
+    return {"replacement_share": float(np.mean([s >= threshold for s in scores])), "scores": scores}
 
 
 def _min_k_row(row: Sequence[float], k: float, where: str) -> float:

@@ -35,6 +35,8 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets, load_dataset
 
+from .template import PROMPT_FORMATS, SYSTEM_PROMPT
+
 __all__ = [
     "AUTHORS",
     "FORGET_SPLITS",
@@ -45,6 +47,7 @@ __all__ = [
     "author_subset",
     "first_author",
     "forget_authors",
+    "holdout_split_for",
     "load_refusals",
     "load_tofu",
     "make_completion",
@@ -59,8 +62,6 @@ TOFU_HUB_ID = "locuslab/TOFU"
 AUTHORS = 200
 QA_PER_AUTHOR = 20
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
-SYSTEM_PROMPT = "You are a helpful assistant."
-PROMPT_FORMATS = ("chat", "plain")
 _AUTHOR_COLUMN = "author"
 
 # Local file names (stem) to try for each split name, in order, after the split's own name.
@@ -86,6 +87,12 @@ def retain_split_for(forget_split: str) -> str:
     if forget_split.removesuffix("_perturbed") not in FORGET_SPLITS:
         raise ValueError(f"Unknown forget split {forget_split!r}; use one of {FORGET_SPLITS}.")
     return f"retain{100 - _percent(forget_split):02d}"
+
+
+def holdout_split_for(forget_split: str) -> str:
+    """The holdout split of the same size (authors never trained on): forget01 -> holdout01, ..."""
+    retain_split_for(forget_split)  # validates
+    return f"holdout{_percent(forget_split):02d}"
 
 
 def forget_authors(forget_split: str) -> range:
@@ -262,7 +269,9 @@ class TofuSets:
     ``forget``: the forget split with paraphrased and perturbed answers. ``retain``: the retain rows the models
     train on. ``retain_eval``: retain rows with ``paraphrased_answer`` / ``perturbed_answer`` for the retain truth
     ratio (None when the source has none for these authors). ``real_authors`` / ``world_facts``: model-utility
-    sets. ``description``: how the sets were chosen, for reports.
+    sets. ``holdout``: rows of authors never trained on, the non-member side of privacy leakage (None when the
+    source has no holdout split). ``description``: how the sets were chosen, for reports. ``quick``: the
+    evaluation sets were cut to ``max_eval_rows`` (a quick mode, not TOFU's evaluation).
     """
 
     forget_split: str
@@ -273,12 +282,21 @@ class TofuSets:
     world_facts: Dataset
     refusals: list[str]
     description: str
+    holdout: Dataset | None = None
+    quick: bool = False
 
     @property
     def full(self) -> Dataset:
         """Retain + forget rows (question, answer): what the "finetuned" model trains on."""
         columns = ["question", "answer"]
         return concatenate_datasets([self.retain.select_columns(columns), self.forget.select_columns(columns)])
+
+    @property
+    def eval_rows(self) -> dict[str, int]:
+        """Rows evaluated per set (what a results row records next to its numbers)."""
+        sets = {"forget": self.forget, "retain": self.retain_eval, "real_authors": self.real_authors,
+                "world_facts": self.world_facts, "holdout": self.holdout}
+        return {name: len(rows) for name, rows in sets.items() if rows is not None}
 
 
 def _try_load(split: str, source: str | Path) -> Dataset | None:
@@ -303,19 +321,23 @@ def tofu_sets(
     forget_split: str = "forget01",
     n_authors: int | None = None,
     max_eval_rows: int | None = None,
+    retain_authors: Iterable[int] | None = None,
 ) -> TofuSets:
-    """Load the sets of one TOFU experiment, optionally restricted to the last ``n_authors`` authors.
+    """Load the sets of one TOFU experiment, optionally restricted to some retain authors.
 
     Args:
         source: local folder or Hub id (see :func:`load_tofu`).
         forget_split: ``forget01``, ``forget05`` or ``forget10``.
-        n_authors: keep only the last ``n_authors`` of the 200 authors (must contain the forget authors): the
-            CPU-sized setup. None keeps all 200 (TOFU's setting).
-        max_eval_rows: cap (first rows) on the retain-eval, real-author and world-fact sets. The forget set is
-            never cut: forget quality is a test over all of its rows.
+        n_authors: keep only the last ``n_authors`` of the 200 authors (must contain the forget authors).
+        max_eval_rows: quick mode: cap (first rows) on the retain-eval, real-author, world-fact and holdout sets.
+            The forget set is never cut: forget quality is a test over all of its rows. None (default) evaluates
+            every row, as TOFU and open-unlearning do.
+        retain_authors: train on these retain authors only (0-based ids), e.g. ``range(20)``: the 20 authors
+            TOFU's ``retain_perturbed`` evaluation split covers, so the evaluation stays TOFU's on a CPU-sized
+            training set. Exclusive with ``n_authors``.
 
     Retain-eval rows (retain rows with paraphrased / perturbed answers): the source's ``retain_perturbed``
-    (TOFU's 400 rows) when it exists, restricted to the kept retain questions; otherwise (the local copy) the
+    (TOFU's 400 rows) when it exists, restricted to the kept retain questions; otherwise (an older local copy) the
     rows of ``forget10_perturbed`` outside the forget split - authors 181-198 for forget01, 181-190 for forget05,
     none for forget10 (then the retain truth ratio is left out of model utility).
     """
@@ -323,12 +345,23 @@ def tofu_sets(
     forget = load_tofu(f"{forget_split}_perturbed", source)
     retain = load_tofu(retain_split, source)
     f_authors = forget_authors(forget_split)
-    kept = range(AUTHORS - n_authors, AUTHORS) if n_authors is not None else range(AUTHORS)
+    if n_authors is not None and retain_authors is not None:
+        raise ValueError("Give n_authors or retain_authors, not both.")
+    kept_text = ""
     if n_authors is not None:
         if n_authors <= len(f_authors) or n_authors > AUTHORS:
             raise ValueError(f"n_authors={n_authors} must exceed the {len(f_authors)} forget authors of "
                              f"{forget_split} and be at most {AUTHORS}.")
-        retain = author_subset(retain, kept, retain_split)
+        retain = author_subset(retain, range(AUTHORS - n_authors, AUTHORS), retain_split)
+        kept_text = f" restricted to the last {n_authors} authors"
+    elif retain_authors is not None:
+        chosen = sorted(set(retain_authors))
+        clash = [a for a in chosen if a in f_authors or not 0 <= a < AUTHORS]
+        if not chosen or clash:
+            raise ValueError(f"retain_authors must be retain authors of {forget_split} (0-{f_authors.start - 1}); "
+                             f"got {clash or 'none'}.")
+        retain = author_subset(retain, chosen, retain_split)
+        kept_text = f" restricted to authors {_spans(chosen)}"
     if len(forget) % QA_PER_AUTHOR == 0:
         forget = with_authors(forget, forget_split)
     if len(retain) % QA_PER_AUTHOR == 0:
@@ -350,13 +383,32 @@ def tofu_sets(
     retain_eval = _head(retain_eval, max_eval_rows)
     real_authors = _head(load_tofu("real_authors_perturbed", source), max_eval_rows)
     world_facts = _head(load_tofu("world_facts_perturbed", source), max_eval_rows)
+    holdout_split = holdout_split_for(forget_split)
+    holdout = _head(_try_load(holdout_split, source), max_eval_rows)
+    quick = max_eval_rows is not None
     description = (
         f"TOFU from {source}: forget = {forget_split} ({len(forget)} rows, authors {f_authors.start + 1}-"
-        f"{f_authors.stop}); retain = {retain_split}"
-        + (f" restricted to the last {n_authors} authors" if n_authors is not None else "")
-        + f" ({len(retain)} rows); retain eval = "
+        f"{f_authors.stop}); retain = {retain_split}{kept_text} ({len(retain)} rows); retain eval = "
         + (f"{len(retain_eval)} rows from {origin}" if retain_eval is not None else "none (no perturbed retain rows)")
-        + f"; real authors {len(real_authors)} rows; world facts {len(world_facts)} rows (1-based author numbers)."
+        + f"; real authors {len(real_authors)} rows; world facts {len(world_facts)} rows; holdout = "
+        + (f"{holdout_split} ({len(holdout)} rows)" if holdout is not None else "none (no privacy leakage)")
+        + (f"; quick mode: at most {max_eval_rows} rows per evaluation set" if quick else "")
+        + " (1-based author numbers)."
     )
     return TofuSets(forget_split, forget, retain, retain_eval, real_authors, world_facts, load_refusals(source),
-                    description)
+                    description, holdout=holdout, quick=quick)
+
+
+def _spans(ids: list[int]) -> str:
+    """1-based author numbers as ranges: [0, 1, 2, 5] -> "1-3, 6".
+
+    >>> _spans([0, 1, 2, 5])
+    '1-3, 6'
+    """
+    spans: list[list[int]] = []
+    for a in ids:
+        if spans and a == spans[-1][1] + 1:
+            spans[-1][1] = a
+        else:
+            spans.append([a, a])
+    return ", ".join(f"{s + 1}-{e + 1}" if e > s else f"{s + 1}" for s, e in spans)

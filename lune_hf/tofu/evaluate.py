@@ -1,78 +1,221 @@
-"""TOFU evaluation: forget quality, model utility and the forget / retain scores, as open-unlearning computes them.
+"""TOFU evaluation as open-unlearning computes it: model passes -> per-row logs -> the metric graph.
 
-Built on :func:`lune_hf.evaluation.score_answers` (per-token log-probabilities, teacher forcing), on
-:class:`lune_hf.evaluator.Evaluator` (greedy answers and ROUGE-L, as in training checks and ``lune-hf eval``)
-and on the pure metrics of :mod:`lune_hf.metrics.functional`. Definitions (open-unlearning's
-``configs/eval/tofu_metrics``):
+Two steps, so that the numbers can be checked without a model:
 
-* ``probability``: length-normalised probability of the gold answer, ``exp(-NLL / |y|)``, averaged over rows
-  (``forget_Q_A_Prob``, ``retain_Q_A_Prob``).
-* real authors / world facts probability (``ra_Q_A_Prob_normalised``, ``wf_Q_A_Prob_normalised``,
-  open-unlearning's ``probability_w_options``): per row ``p(answer) / (p(answer) + sum_j p(perturbed_j) + 1e-10)``
-  with the same length-normalised probabilities, averaged over rows.
-* ``rouge``: ROUGE-L recall of the greedy answer against the gold answer (``*_Q_A_ROUGE``).
-* ``truth_ratio``: geometric mean of the perturbed answers' normalised probabilities over that of the
-  paraphrased answer (forget, retain) or of the gold answer (real authors, world facts, which have no
-  paraphrase); aggregated ``closer_to_1_better`` on the forget set, ``true_better`` elsewhere.
-* ``forget_quality``: KS-test p-value between the per-row forget truth ratios of the model and those of the
-  retain-only reference model (open-unlearning's ``ks_test`` with ``retain_model_logs``).
-* ``model_utility``: harmonic mean of the 9 values probability / ROUGE / truth ratio on retain, real authors
-  and world facts (8 when the source has no perturbed retain rows; ``model_utility_inputs`` lists them).
+1. :func:`collect_logs` runs the model: for every row of every set, the per-token log-probabilities and greedy hits
+   of each answer (gold, paraphrased, perturbed) under teacher forcing, and the greedy generation with its ground
+   truth. Tokens are open-unlearning's (:class:`lune_hf.tofu.template.TofuTemplate`).
+2. :func:`tofu_metrics` (pure) turns the logs into open-unlearning's ``configs/eval/tofu.yaml`` numbers
+   (``tests/test_tofu_golden.py`` checks it against a line-by-line transcription of that graph):
+
+* ``forget_probability`` / ``retain_probability`` (``*_Q_A_Prob``): mean over rows of ``exp(-avg NLL)`` over every
+  labelled token (the end-of-turn token(s) included).
+* ``real_authors_probability`` / ``world_facts_probability`` (``*_Q_A_Prob_normalised``): ``p(answer) /
+  (p(answer) + sum_j p(perturbed_j) + 1e-10)`` with the same length-normalised probabilities.
+* ``*_truth_ratio``: per row ``exp(-mean_j avgNLL(perturbed_j)) / (exp(-avgNLL(correct)) + 1e-10)`` with the
+  paraphrased answer as correct (forget, retain) or the gold answer (real authors, world facts); aggregated
+  ``closer_to_1_better`` on the forget set, ``true_better`` elsewhere.
+* ``*_rouge`` (``*_Q_A_ROUGE``): ROUGE-L recall of the greedy answer (at most 200 new tokens, decoded without
+  special tokens, tokenisation spaces cleaned up) against the decoded ground truth.
+* ``forget_quality``: KS-test p-value between the model's and the retain model's per-row forget truth ratios.
+* ``model_utility``: harmonic mean of the 9 retain / real-author / world-fact values above.
+* ``extraction_strength`` (forget) and ``mia_min_k`` (forget against holdout, k = 0.4): over the labelled tokens
+  except the last, as open-unlearning's token-wise helpers; ``privleak``: ``mia_min_k`` relative to the retain
+  model's AUC (0.5 without one).
+
+Beyond open-unlearning: ``replacement_share`` (the share of forget answers that are a refusal or the intended
+replacement, :func:`lune_hf.metrics.functional.replacement_share`) and ``strict_extraction_strength``.
+
+One deliberate difference: open-unlearning's collator masks every token equal to the pad token in attention
+(``input_ids != pad_id``); with tokenizers whose pad is the end-of-turn token (Llama-3, SmolLM2) that hides the
+in-sequence end-of-turn tokens from attention (open-unlearning issue #128). Here only padding is masked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..evaluation import score_answers
-from ..evaluator import Evaluator
+from ..evaluation import generate_from_ids, score_examples
 from ..metrics import functional as F
-from .data import SYSTEM_PROMPT, TofuSets, _head, make_prompt, to_rows
+from .data import TofuSets
+from .template import TofuTemplate
 
-__all__ = ["UTILITY_SETS", "evaluate_tofu", "normalised_probability", "score_pairs"]
+__all__ = ["EVAL_SETS", "UTILITY_INPUTS", "collect_logs", "evaluate_tofu", "tofu_metrics"]
 
-UTILITY_SETS = ("retain", "real_authors", "world_facts")
+EVAL_SETS = ("forget", "retain", "real_authors", "world_facts", "holdout")
+# open-unlearning's model_utility pre_compute, in its order (our keys).
+UTILITY_INPUTS = ("retain_probability", "retain_rouge", "retain_truth_ratio",
+                  "real_authors_probability", "real_authors_rouge", "real_authors_truth_ratio",
+                  "world_facts_probability", "world_facts_rouge", "world_facts_truth_ratio")
+MIN_K = 0.4
+GENERATED_SETS = ("forget", "retain", "real_authors", "world_facts")
 
 
-def score_pairs(
+def _eval_sets(sets: TofuSets) -> dict[str, Any]:
+    out = {"forget": sets.forget, "retain": sets.retain_eval, "real_authors": sets.real_authors,
+           "world_facts": sets.world_facts, "holdout": sets.holdout}
+    return {name: rows for name, rows in out.items() if rows is not None}
+
+
+def collect_logs(
     model,
     tokenizer,
-    pairs: Sequence[tuple[Any, str]],
+    sets: TofuSets,
+    template: TofuTemplate | None = None,
     *,
-    batch_size: int = 16,
+    max_new_tokens: int = 200,
+    batch_size: int = 32,
     max_length: int = 512,
-    progress: bool = False,
-) -> list[list[float]]:
-    """Per-token log-probabilities of many (prompt, answer) pairs, scored in length order (less padding)."""
-    order = sorted(range(len(pairs)), key=lambda i: len(str(pairs[i][0])) + len(pairs[i][1]))
-    scored = score_answers(model, tokenizer, [pairs[i][0] for i in order], [pairs[i][1] for i in order],
-                           batch_size=batch_size, max_length=max_length, progress=progress)
-    out: list[list[float]] = [[] for _ in pairs]
-    for position, i in enumerate(order):
-        out[i] = scored[position]
-    return out
+    progress: bool = True,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per set and row: ``{"answer": {"logprobs", "hits"}, "paraphrased": ..., "perturbed": [...], "generation",
+    "ground_truth"}`` (``paraphrased`` / ``perturbed`` where the set has them; generations for every set but the
+    holdout, which only serves the membership test). JSON-serialisable."""
+    template = template or TofuTemplate()
+    eval_sets = _eval_sets(sets)
+    jobs: list[tuple[str, int, str]] = []
+    examples: list[dict[str, list[int]]] = []
+    for name, rows in eval_sets.items():
+        for i, row in enumerate(rows):
+            answers = [("answer", row["answer"])]
+            if name in ("forget", "retain") and row.get("paraphrased_answer"):
+                answers.append(("paraphrased", row["paraphrased_answer"]))
+            answers += [("perturbed", a) for a in (row.get("perturbed_answer") or [])]
+            for kind, text in answers:
+                jobs.append((name, i, kind))
+                examples.append(template.encode(tokenizer, row["question"], text, max_length))
+    order = sorted(range(len(examples)), key=lambda j: len(examples[j]["input_ids"]))  # less padding
+    scored_sorted = score_examples(model, [examples[j] for j in order], tokenizer.pad_token_id, batch_size=batch_size,
+                                   progress=progress)
+    scored: list[Any] = [None] * len(examples)
+    for position, j in enumerate(order):
+        scored[j] = scored_sorted[position]
+    logs: dict[str, list[dict[str, Any]]] = {name: [{} for _ in rows] for name, rows in eval_sets.items()}
+    for (name, i, kind), (logprobs, hits) in zip(jobs, scored, strict=True):
+        entry = {"logprobs": logprobs, "hits": hits}
+        if kind == "perturbed":
+            logs[name][i].setdefault("perturbed", []).append(entry)
+        else:
+            logs[name][i][kind] = entry
+
+    generated = [(name, i, row) for name in GENERATED_SETS if name in eval_sets
+                 for i, row in enumerate(eval_sets[name])]
+    prompts = [template.prompt_ids(tokenizer, row["question"]) for _, _, row in generated]
+    order = sorted(range(len(prompts)), key=lambda j: len(prompts[j]))
+    texts_sorted = generate_from_ids(model, tokenizer, [prompts[j] for j in order], max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, progress=progress, clean_up_tokenization_spaces=True)
+    texts: list[str] = [""] * len(prompts)
+    for position, j in enumerate(order):
+        texts[j] = texts_sorted[position]
+    for (name, i, row), prompt, text in zip(generated, prompts, texts, strict=True):
+        logs[name][i]["generation"] = text
+        logs[name][i]["ground_truth"] = ground_truth(tokenizer, template, row["question"], row["answer"], prompt,
+                                                     max_length)
+    return logs
 
 
-def normalised_probability(
-    correct_logprobs: Sequence[Sequence[float]], wrong_logprobs: Sequence[Sequence[Sequence[float]]]
+def ground_truth(tokenizer, template: TofuTemplate, question: str, answer: str, prompt: list[int],
+                 max_length: int | None = None) -> str:
+    """The reference text of ROUGE as open-unlearning derives it: the decoded conversation minus the decoded
+    prompt, stripped (both decoded without special tokens, tokenisation spaces cleaned up)."""
+    full = template.encode(tokenizer, question, answer, max_length)["input_ids"]
+    decode = {"skip_special_tokens": True, "clean_up_tokenization_spaces": True}
+    return tokenizer.decode(full, **decode).replace(tokenizer.decode(prompt, **decode), "").strip()
+
+
+def _avg_nll(entry: Mapping[str, Any]) -> float:
+    return -float(np.mean(entry["logprobs"]))
+
+
+def _truth_ratios(rows: Sequence[Mapping[str, Any]], correct_key: str) -> list[float]:
+    ratios = []
+    for row in rows:
+        correct = np.exp(-_avg_nll(row.get(correct_key, row["answer"])))
+        wrong = np.exp(-np.mean([_avg_nll(p) for p in row["perturbed"]]))
+        ratios.append(float(wrong / (correct + F.EPS)))
+    return ratios
+
+
+def tofu_metrics(
+    logs: Mapping[str, Sequence[Mapping[str, Any]]],
+    reference: Mapping[str, Any] | None = None,
+    replacements: Sequence[str] | Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """open-unlearning's ``probability_w_options``: ``p_c / (p_c + sum_j p_w_j + 1e-10)`` per row, then the mean.
+    """open-unlearning's TOFU numbers from :func:`collect_logs` output (pure; see the module docstring).
 
-    Each ``p`` is a length-normalised answer probability ``exp(mean token log-prob)``.
+    Args:
+        logs: per set (``forget``, ``retain``, ``real_authors``, ``world_facts``, ``holdout``), per row.
+        reference: the retain model's own result (``forget_truth_ratios`` per row, ``mia_min_k``); without it
+            ``forget_quality`` is None and ``privleak`` is relative to 0.5, as in open-unlearning.
+        replacements: refusal sentences (or per-row replacement answers) for ``replacement_share``.
+
+    Returns a flat dict: ``<set>_probability``, ``<set>_rouge``, ``<set>_truth_ratio`` per set, ``forget_quality``,
+    ``forget_ks_statistic``, ``model_utility`` (+ ``model_utility_inputs``), ``extraction_strength``,
+    ``strict_extraction_strength``, ``mia_min_k``, ``privleak``, ``replacement_share``, ``forget_truth_ratios``,
+    ``eval_rows`` (rows per set).
     """
-    scores = []
-    for correct, wrong in zip(correct_logprobs, wrong_logprobs, strict=True):
-        p_c = float(np.exp(np.mean(correct)))
-        p_w = float(sum(np.exp(np.mean(w)) for w in wrong))
-        scores.append(p_c / (p_c + p_w + F.EPS))
-    return {"probability": float(np.mean(scores)), "scores": scores}
+    result: dict[str, Any] = {"eval_rows": {name: len(rows) for name, rows in logs.items()}}
+    for name in ("forget", "retain", "real_authors", "world_facts"):
+        rows = logs.get(name)
+        if not rows:
+            result |= {f"{name}_{m}": None for m in ("probability", "rouge", "truth_ratio")}
+            continue
+        gold = [np.exp(-_avg_nll(r["answer"])) for r in rows]
+        has_perturbed = all(r.get("perturbed") for r in rows)
+        if name in ("real_authors", "world_facts") and has_perturbed:
+            wrong = [sum(np.exp(-_avg_nll(p)) for p in r["perturbed"]) for r in rows]
+            result[f"{name}_probability"] = float(np.mean([c / (c + w + F.EPS) for c, w in zip(gold, wrong,
+                                                                                              strict=True)]))
+        else:
+            result[f"{name}_probability"] = float(np.mean(gold))
+        if has_perturbed:
+            ratios = np.asarray(_truth_ratios(rows, "paraphrased" if name in ("forget", "retain") else "answer"))
+            if name == "forget":
+                result["forget_truth_ratios"] = ratios.tolist()
+                result[f"{name}_truth_ratio"] = float(np.mean(np.minimum(ratios, 1 / (ratios + F.EPS))))
+            else:
+                result[f"{name}_truth_ratio"] = float(np.mean(np.maximum(0, 1 - ratios)))
+        else:
+            result[f"{name}_truth_ratio"] = None
+        if all("generation" in r for r in rows):
+            result[f"{name}_rouge"] = F.rouge_l([r["generation"] for r in rows],
+                                                [r["ground_truth"] for r in rows])["rouge_l"]
+        else:
+            result[f"{name}_rouge"] = None
 
+    forget = logs["forget"]
+    reference = reference or {}
+    if reference.get("forget_truth_ratios") is not None and "forget_truth_ratios" in result:
+        fq = F.forget_quality(result["forget_truth_ratios"], reference["forget_truth_ratios"])
+        result["forget_quality"], result["forget_ks_statistic"] = fq["forget_quality"], fq["ks_statistic"]
+    else:
+        result["forget_quality"], result["forget_ks_statistic"] = None, None
+    inputs = {k: result[k] for k in UTILITY_INPUTS if result.get(k) is not None}
+    result["model_utility"] = F.model_utility(inputs)["model_utility"] if inputs else None
+    result["model_utility_inputs"] = list(inputs)
 
-def _answer(text: str, prompt_format: str) -> str:
-    return " " + text.strip() if prompt_format == "plain" else text
+    # Token-wise metrics use every labelled token but the last (open-unlearning drops the EOS prediction).
+    hits = [r["answer"]["hits"][:-1] or r["answer"]["hits"] for r in forget]
+    preds = [[1 if h else 0 for h in row] for row in hits]
+    labels = [[1] * len(row) for row in hits]
+    result["extraction_strength"] = F.extraction_strength(preds, labels)["extraction_strength"]
+    result["strict_extraction_strength"] = F.strict_extraction_strength(preds, labels)["extraction_strength"]
+    if logs.get("holdout"):
+        members = [r["answer"]["logprobs"][:-1] or r["answer"]["logprobs"] for r in forget]
+        nonmembers = [r["answer"]["logprobs"][:-1] or r["answer"]["logprobs"] for r in logs["holdout"]]
+        result["mia_min_k"] = F.mia_min_k(members, nonmembers, k=MIN_K)["mia_min_k"]
+        result["privleak"] = F.privleak(result["mia_min_k"], reference.get("mia_min_k"))
+    else:
+        result["mia_min_k"], result["privleak"] = None, None
+    if replacements and all("generation" in r for r in forget):
+        result["replacement_share"] = F.replacement_share([r["generation"] for r in forget],
+                                                          replacements)["replacement_share"]
+    else:
+        result["replacement_share"] = None
+    return result
 
 
 def evaluate_tofu(
@@ -80,120 +223,33 @@ def evaluate_tofu(
     tokenizer,
     sets: TofuSets,
     *,
-    reference_truth_ratios: Sequence[float] | None = None,
-    prompt_format: str = "chat",
-    system_prompt: str | None = SYSTEM_PROMPT,
+    reference: Mapping[str, Any] | None = None,
+    template: TofuTemplate | None = None,
+    replacements: Sequence[str] | Sequence[Sequence[str]] | None = None,
     max_new_tokens: int = 200,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_length: int = 512,
     samples: int = 3,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """TOFU metrics of one model (see the module docstring for the definitions).
+    """TOFU metrics of one model: :func:`collect_logs` then :func:`tofu_metrics` (see the module docstring).
 
     Args:
         model, tokenizer: any causal LM (a `PeftModel` included) and its tokenizer (with a pad token).
         sets: the experiment's sets (:func:`lune_hf.tofu.tofu_sets`).
-        reference_truth_ratios: the retain-only model's per-row forget truth ratios (``forget_truth_ratios`` of
-            its own result); without them ``forget_quality`` is None.
-        prompt_format, system_prompt: as in training (:func:`lune_hf.tofu.to_rows`).
+        reference: the retain-only model's result (its ``forget_truth_ratios`` and ``mia_min_k``); without it
+            ``forget_quality`` is None and ``privleak`` is relative to 0.5.
+        template: prompt format and tokens (default: chat, open-unlearning's system prompt and date string).
+        replacements: refusal sentences (default: ``sets.refusals``) or per-row replacement answers, for
+            ``replacement_share``.
         max_new_tokens: greedy answer length for ROUGE (open-unlearning: 200).
         samples: how many forget answers to keep in the result, to show what the model now says.
-
-    Returns a flat dict: ``<set>_probability``, ``<set>_rouge``, ``<set>_truth_ratio`` for ``forget``, ``retain``,
-    ``real_authors``, ``world_facts``; ``forget_truth_ratios`` (per row), ``forget_quality``,
-    ``forget_ks_statistic``, ``model_utility``, ``model_utility_inputs``, ``forget_samples``.
     """
-    fmt = prompt_format
-
-    def prompts_of(rows) -> list[Any]:
-        return [make_prompt(q, fmt, system_prompt) for q in rows["question"]]
-
-    eval_sets = {
-        "forget": sets.forget,
-        "retain": sets.retain_eval if sets.retain_eval is not None else _head(sets.retain, 400),
-        "real_authors": sets.real_authors,
-        "world_facts": sets.world_facts,
-    }
-    has_perturbed = {name: rows is not None and "perturbed_answer" in rows.column_names
-                     for name, rows in eval_sets.items()}
-    by_set = _score_every_answer(model, tokenizer, eval_sets, has_perturbed, prompts_of, fmt, batch_size, max_length,
-                                 progress)
-    result = _probabilities_and_truth_ratios(by_set, has_perturbed)
-    # Greedy answers and ROUGE-L through the same Evaluator as training checks and `lune-hf eval`.
-    evaluator = Evaluator({name: to_rows(rows, fmt, system_prompt) for name, rows in eval_sets.items()}, tokenizer,
-                          metrics=("rouge_l",), max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          progress=progress)
-    scores = evaluator.evaluate(model)
-    for name in eval_sets:
-        result[f"{name}_rouge"] = scores[f"{name}/rouge_l"]
-    forget = eval_sets["forget"]
-    predictions = [r["prediction"] for r in evaluator.last_rows["forget"]]
-    result["forget_samples"] = [
-        {"question": q, "answer": a, "generated": p}
-        for q, a, p in list(zip(forget["question"], forget["answer"], predictions, strict=True))[:samples]
-    ]
-    return _aggregates(result, reference_truth_ratios)
-
-
-def _score_every_answer(model, tokenizer, eval_sets, has_perturbed, prompts_of, fmt, batch_size, max_length,
-                        progress) -> dict[str, list[dict[str, Any]]]:
-    """One teacher-forced scoring pass over every answer of every set (true, paraphrased, perturbed): per set and
-    row, ``{"answer": logprobs, "paraphrased": logprobs, "perturbed": [logprobs, ...]}``."""
-    jobs: list[tuple[str, int, str]] = []  # (set, row, kind)
-    pairs: list[tuple[Any, str]] = []
-    for name, rows in eval_sets.items():
-        prompts = prompts_of(rows)
-        for i, row in enumerate(rows):
-            answers = [("answer", row["answer"])]
-            if has_perturbed[name]:
-                if name in ("forget", "retain") and row.get("paraphrased_answer"):
-                    answers.append(("paraphrased", row["paraphrased_answer"]))
-                answers += [("perturbed", a) for a in row["perturbed_answer"]]
-            for kind, text in answers:
-                jobs.append((name, i, kind))
-                pairs.append((prompts[i], _answer(text, fmt)))
-    logprobs = score_pairs(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, progress=progress)
-    by_set: dict[str, list[dict[str, Any]]] = {n: [{"perturbed": []} for _ in rows] for n, rows in eval_sets.items()}
-    for (name, i, kind), lp in zip(jobs, logprobs, strict=True):
-        if kind == "perturbed":
-            by_set[name][i]["perturbed"].append(lp)
-        else:
-            by_set[name][i][kind] = lp
-    return by_set
-
-
-def _probabilities_and_truth_ratios(by_set, has_perturbed) -> dict[str, Any]:
-    """``<set>_probability`` and ``<set>_truth_ratio`` (and the per-row forget truth ratios) from the scores."""
-    result: dict[str, Any] = {}
-    for name, rows in by_set.items():
-        answer_lp = [r["answer"] for r in rows]
-        if name in ("real_authors", "world_facts"):
-            result[f"{name}_probability"] = normalised_probability(answer_lp, [r["perturbed"] for r in rows])[
-                "probability"]
-        else:
-            result[f"{name}_probability"] = F.probability(answer_lp)["probability"]
-        if has_perturbed[name]:
-            correct = [r.get("paraphrased", r["answer"]) for r in rows]
-            aggregator = "closer_to_1_better" if name == "forget" else "true_better"
-            tr = F.truth_ratio(correct, [r["perturbed"] for r in rows], aggregator)
-            result[f"{name}_truth_ratio"] = tr["truth_ratio"]
-            if name == "forget":
-                result["forget_truth_ratios"] = tr["scores"]
-        else:
-            result[f"{name}_truth_ratio"] = None
-    return result
-
-
-def _aggregates(result: dict[str, Any], reference_truth_ratios: Sequence[float] | None) -> dict[str, Any]:
-    """Forget quality (KS test against the retain model's truth ratios) and model utility (harmonic mean)."""
-    if reference_truth_ratios is not None:
-        fq = F.forget_quality(result["forget_truth_ratios"], reference_truth_ratios)
-        result["forget_quality"], result["forget_ks_statistic"] = fq["forget_quality"], fq["ks_statistic"]
-    else:
-        result["forget_quality"], result["forget_ks_statistic"] = None, None
-    inputs = {f"{s}_{m}": result[f"{s}_{m}"] for s in UTILITY_SETS for m in ("probability", "rouge", "truth_ratio")
-              if result[f"{s}_{m}"] is not None}
-    result["model_utility"] = F.model_utility(inputs)["model_utility"]
-    result["model_utility_inputs"] = list(inputs)
+    logs = collect_logs(model, tokenizer, sets, template, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        max_length=max_length, progress=progress)
+    result = tofu_metrics(logs, reference, replacements if replacements is not None else sets.refusals)
+    forget = sets.forget.select(range(min(samples, len(sets.forget))))
+    result["forget_samples"] = [{"question": q, "answer": a, "generated": row["generation"]}
+                                for q, a, row in zip(forget["question"], forget["answer"], logs["forget"][:len(forget)],
+                                                     strict=True)]
     return result

@@ -61,7 +61,7 @@ def _tokenize(rows: Dataset, tokenizer, max_length: int) -> list[dict[str, list[
 def finetune(
     model,
     tokenizer,
-    rows: Dataset,
+    rows: Dataset | Sequence[Mapping[str, list[int]]],
     output_dir: str | Path,
     *,
     epochs: float = 5.0,
@@ -75,7 +75,10 @@ def finetune(
     save: bool = True,
     **training_args: Any,
 ):
-    """Full-parameter SFT on `rows` (lune_hf rows: ``prompt`` / ``completion``), loss on answer tokens only.
+    """Full-parameter SFT on `rows`, loss on answer tokens only.
+
+    `rows`: lune_hf rows (``prompt`` / ``completion``, tokenised here) or tokenised examples (``input_ids`` /
+    ``labels``, e.g. :meth:`lune_hf.tofu.template.TofuTemplate.encode_rows`: open-unlearning's tokens).
 
     TOFU's recipe: 5 epochs, lr 1e-5, effective batch 32, weight decay 0.01, one epoch of warm-up (20% of 5).
     Saves the model and tokenizer to `output_dir` when `save`. Returns the trained model (in eval mode).
@@ -83,7 +86,7 @@ def finetune(
     ensure_pad_token(tokenizer)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    examples = _tokenize(rows, tokenizer, max_length)
+    examples = _tokenize(rows, tokenizer, max_length) if isinstance(rows, Dataset) else list(rows)
     args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=epochs,

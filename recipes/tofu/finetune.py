@@ -5,7 +5,9 @@
     # (b) the retain-only reference for forget01: every row except the forget authors
     python recipes/tofu/finetune.py --data locuslab/TOFU --model <base> --rows retain99 --output-dir tofu-retain99
 
-`--data` is a Hub id or a local TOFU folder; `--n-authors N` keeps only the last N authors (the CPU setup).
+`--data` is a Hub id or a local TOFU folder; `--retain-authors 20` trains on the first 20 retain authors only (the
+authors of TOFU's retain_perturbed evaluation split: the CPU setup of benchmarks/tofu.py); `--n-authors N` keeps
+the last N authors. Rows are tokenised as open-unlearning does (`lune_hf.tofu.template`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import argparse
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lune_hf.tofu.data import FORGET_SPLITS, PROMPT_FORMATS, SYSTEM_PROMPT, retain_split_for, to_rows, tofu_sets
+from lune_hf.data import ensure_pad_token
+from lune_hf.tofu.data import FORGET_SPLITS, retain_split_for, tofu_sets
+from lune_hf.tofu.template import DATE_STRING, PROMPT_FORMATS, SYSTEM_PROMPT, TofuTemplate
 from lune_hf.tofu.train import finetune
 
 
@@ -25,6 +29,8 @@ def main() -> None:
     parser.add_argument("--rows", default="full", help="`full` (retain + forget) or a retain split (retain99, "
                         "retain95, retain90).")
     parser.add_argument("--n-authors", type=int, default=None, help="Keep only the last N of the 200 authors.")
+    parser.add_argument("--retain-authors", type=int, default=None, help="Train on the first N retain authors only "
+                        "(20: those of TOFU's retain_perturbed split).")
     parser.add_argument("--output-dir", required=True, help="Where the fine-tuned model and tokenizer go.")
     parser.add_argument("--epochs", type=float, default=5.0, help="Epochs (TOFU: 5).")
     parser.add_argument("--learning-rate", type=float, default=1e-5, help="Peak learning rate (TOFU: 1e-5).")
@@ -34,18 +40,24 @@ def main() -> None:
     parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="chat", help="chat template or "
                         "TOFU's plain 'Question: ... Answer:' format.")
     parser.add_argument("--system-prompt", default=SYSTEM_PROMPT, help="System prompt of the chat format.")
+    parser.add_argument("--date-string", default=DATE_STRING, help="Passed to the chat template (as open-unlearning).")
     args = parser.parse_args()
 
     # The forget split whose retain set is wanted (`full` is the same for every split).
     forget_split = next((f for f in FORGET_SPLITS if retain_split_for(f) == args.rows), "forget01")
     if args.rows != "full" and retain_split_for(forget_split) != args.rows:
         parser.error(f"--rows must be `full` or one of {[retain_split_for(f) for f in FORGET_SPLITS]}")
-    sets = tofu_sets(args.data, forget_split, n_authors=args.n_authors)
+    sets = tofu_sets(args.data, forget_split, n_authors=args.n_authors,
+                     retain_authors=range(args.retain_authors) if args.retain_authors else None)
     rows = sets.full if args.rows == "full" else sets.retain
     print(f"{sets.description}\nFine-tuning on {len(rows)} rows ({args.rows}).")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    ensure_pad_token(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(args.model)
-    finetune(model, tokenizer, to_rows(rows, args.prompt_format, args.system_prompt), args.output_dir,
+    # open-unlearning's tokens (the same the evaluation scores): `lune_hf.tofu.template`.
+    examples = TofuTemplate(args.prompt_format, args.system_prompt, args.date_string).encode_rows(
+        tokenizer, rows, args.max_length)
+    finetune(model, tokenizer, examples, args.output_dir,
              epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
              grad_accum=args.grad_accum, max_length=args.max_length)
     print(f"Saved to {args.output_dir}")

@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="The fine-tuned model (step a).")
     parser.add_argument("--forget-split", choices=FORGET_SPLITS, default="forget01", help="What to forget.")
     parser.add_argument("--n-authors", type=int, default=None, help="Keep only the last N of the 200 authors.")
+    parser.add_argument("--retain-authors", type=int, default=None, help="Only the first N retain authors (20: "
+                        "those of TOFU's retain_perturbed split), as in fine-tuning.")
     parser.add_argument("--objective", choices=list(OBJECTIVES), default="lune", help="Unlearning objective.")
     parser.add_argument("--output-dir", required=True, help="Where the adapter and its report go.")
     parser.add_argument("--epochs", type=float, default=5.0, help="Passes over the forget set.")
@@ -41,7 +43,8 @@ def main() -> None:
     parser.add_argument("--system-prompt", default=SYSTEM_PROMPT, help="As in fine-tuning.")
     args = parser.parse_args()
 
-    sets = tofu_sets(args.data, args.forget_split, n_authors=args.n_authors)
+    sets = tofu_sets(args.data, args.forget_split, n_authors=args.n_authors,
+                     retain_authors=range(args.retain_authors) if args.retain_authors else None)
     print(sets.description)
     forget = to_rows(sets.forget, args.prompt_format, args.system_prompt)
     if args.replacement == "perturbed":

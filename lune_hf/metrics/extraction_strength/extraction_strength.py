@@ -8,8 +8,9 @@ from lune_hf.metrics import functional
 _DESCRIPTION = (
     "Extraction strength (Carlini et al.): per row, with the teacher-forced argmax tokens and the answer "
     "labels (L tokens), k is the smallest position from which every remaining token is predicted correctly "
-    "(k = L when even the last token is wrong) and ES = 1 - k/L, the fraction of the answer the model "
-    "completes on its own given the rest as prefix; the result is the mean over rows. Range: [0, 1]. "
+    "(searched over 0..L-1, so k = L-1 when even the last token is wrong, as open-unlearning's loop) and "
+    "ES = 1 - k/L, the fraction of the answer the model completes on its own given the rest as prefix; the "
+    "result is the mean over rows (`strict=True`: k = L, ES 0, when the last token is wrong). Range: [0, 1]. "
     "Direction: on the forget set lower is better (less extractable); on retain sets higher is better."
 )
 
@@ -30,6 +31,7 @@ Args:
     predictions (`list` of `list` of `int`): per row, the argmax token id at each answer position
         (teacher forcing, aligned with the labels).
     references (`list` of `list` of `int`): per row, the answer's label token ids (same length).
+    strict (`bool`, default False): ES 0 instead of open-unlearning's 1/L when the last token is wrong.
 Returns:
     extraction_strength (`float`): mean ES, in [0, 1].
     scores (`list` of `float`): per-row ES.
@@ -58,5 +60,6 @@ class ExtractionStrength(evaluate.Metric):
             reference_urls=["https://github.com/locuslab/open-unlearning"],
         )
 
-    def _compute(self, predictions, references):
-        return functional.extraction_strength(predictions, references)
+    def _compute(self, predictions, references, strict: bool = False):
+        fn = functional.strict_extraction_strength if strict else functional.extraction_strength
+        return fn(predictions, references)
