@@ -278,9 +278,17 @@ class Benchmark:
 
     # ---- rows ----
 
+    @property
+    def mode(self) -> str:
+        """"" for TOFU's evaluation, "quickN" for the quick mode (its rows are kept apart)."""
+        return f"quick{self.setup.max_eval_rows}" if self.setup.max_eval_rows is not None else ""
+
+    def key(self, split: str, variant: str) -> str:
+        return f"{split}/{variant}" + (f"@{self.mode}" if self.mode else "")
+
     def row_path(self, split: str, variant: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in variant)
-        return self.cache / "rows" / f"{split}__{safe}.json"
+        return self.cache / "rows" / (f"{split}__{safe}" + (f"__{self.mode}" if self.mode else "") + ".json")
 
     def cached_row(self, split: str, variant: str, settings: dict[str, Any]) -> dict[str, Any] | None:
         path = self.row_path(split, variant)
@@ -293,7 +301,7 @@ class Benchmark:
 
     def record(self, row: dict[str, Any]) -> None:
         write_json_atomic(self.row_path(row["split"], row["variant"]), row)
-        self.rows[f"{row['split']}/{row['variant']}"] = row
+        self.rows[self.key(row["split"], row["variant"])] = row
         self.write_results()
 
     def evaluate(self, model, sets, reference, replacements=None) -> tuple[dict[str, Any], float]:
@@ -369,7 +377,7 @@ class Benchmark:
                 row = self.make_row(split, "retain", "retain", result, rt_info, eval_s, settings)
                 self.record(row)
             else:
-                self.rows[f"{split}/retain"] = row
+                self.rows[self.key(split, "retain")] = row
                 self.write_results()
             reference = {"forget_truth_ratios": row["forget_truth_ratios"], "mia_min_k": row["mia_min_k"]}
             log(f"{split}/retain: {summary(row)}")
@@ -382,7 +390,7 @@ class Benchmark:
                 row = self.make_row(split, "finetuned", "finetuned", result, ft_info, eval_s, settings)
                 self.record(row)
             else:
-                self.rows[f"{split}/finetuned"] = row
+                self.rows[self.key(split, "finetuned")] = row
                 self.write_results()
             log(f"{split}/finetuned: {summary(row)}")
 
@@ -407,7 +415,7 @@ class Benchmark:
                         continue
                     self.record(row)
                 else:
-                    self.rows[f"{split}/{spec}"] = row
+                    self.rows[self.key(split, spec)] = row
                     self.write_results()
                 log(f"{split}/{spec}: {summary(row)}")
                 if torch.cuda.is_available():
@@ -517,13 +525,13 @@ def base_variant(variant: str) -> str:
 def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per split and variant (seeds pooled): the mean of each number, ``<key>_std`` (population standard
     deviation) for forget quality and model utility, ``seeds`` and ``quick``, in the order of `rows`."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["split"], base_variant(r["variant"])), []).append(r)
+        groups.setdefault((r["split"], base_variant(r["variant"]), bool(r.get("quick"))), []).append(r)
     out = []
-    for (split, variant), members in groups.items():
+    for (split, variant, quick), members in groups.items():
         entry = {"split": split, "variant": variant, "objective": members[0]["objective"],
-                 "seeds": sorted(m.get("seed", 0) for m in members), "quick": any(m.get("quick") for m in members),
+                 "seeds": sorted(m.get("seed", 0) for m in members), "quick": quick,
                  "eval_rows": members[0].get("eval_rows")}
         for key in ("forget_quality", "model_utility", "forget_rouge", "privleak", "replacement_share",
                     "forget_truth_ratio", "wall_s", "peak_mem_mb"):
@@ -555,7 +563,8 @@ def _with_std(entry: dict[str, Any], key: str) -> str:
 def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: str) -> str:
     """The results table (seeds pooled), the setup, the targets and open-unlearning's published numbers."""
     grouped = group_rows(rows)
-    finetuned = {g["split"]: g["model_utility"] for g in grouped if g["objective"] == "finetuned"}
+    # Utility is compared with the finetuned model's in the same mode (quick rows with the quick finetuned row).
+    finetuned = {(g["split"], g["quick"]): g["model_utility"] for g in grouped if g["objective"] == "finetuned"}
     lines = [f"# TOFU benchmark, setup `{setup.name}`", "",
              f"Model: `{Path(model).name}`; data: TOFU (Maini et al. 2024, arXiv 2401.06121, MIT) from `{data}`.", "",
              setup.describe(), "",
@@ -563,10 +572,10 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
              "`configs/eval/tofu.yaml` graph (`lune_hf.tofu.evaluate`, checked by `tests/test_tofu_golden.py`).", ""]
     rows_per_split = {}
     for g in grouped:
-        rows_per_split.setdefault(g["split"], g["eval_rows"])
-    for split, counts in rows_per_split.items():
+        rows_per_split.setdefault((g["split"], g["quick"]), g["eval_rows"])
+    for (split, quick), counts in rows_per_split.items():
         if counts:
-            lines.append(f"- {split}: rows evaluated per set: "
+            lines.append(f"- {split}{' (quick)' if quick else ''}: rows evaluated per set: "
                          + ", ".join(f"{name} {n}" for name, n in counts.items()))
     lines += ["", "Written by `benchmarks/tofu.py` after every row (rows still missing are still running or failed). "
               "`MU/ft` = model utility relative to the finetuned model; `privleak`: Min-K% (k = 0.4) membership "
@@ -580,7 +589,8 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
               "refusal/repl. | forget truth ratio | wall_s | peak_mem_mb |",
               "|" + " --- |" * 12]
     for g in grouped:
-        ratio = g["model_utility"] / finetuned[g["split"]] if finetuned.get(g["split"]) and g["model_utility"] else None
+        ft = finetuned.get((g["split"], g["quick"]))
+        ratio = g["model_utility"] / ft if ft and g["model_utility"] else None
         seeds = ",".join(str(x) for x in g["seeds"]) + (" (quick)" if g["quick"] else "")
         lines.append(
             f"| {g['split']} | {g['variant']} | {seeds} | {_with_std(g, 'forget_quality')} | "
@@ -608,25 +618,28 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
               "- forget05: forget quality >= 0.1 at the same utility bar.",
               "- The other objectives (best of them shown) are held to the forget quality and utility bars only.", ""]
     for split in TARGETS:
-        candidates = [g for g in grouped if g["split"] == split and g["objective"] not in ("finetuned", "retain")]
-        if not candidates or not finetuned.get(split):
+        candidates = [g for g in grouped if g["split"] == split and g["objective"] not in ("finetuned", "retain")
+                      and finetuned.get((split, g["quick"]))]
+        if not candidates:
             continue
         lune = [g for g in candidates if g["objective"] == "lune"]
         others = [g for g in candidates if g["objective"] != "lune"]
 
-        def rank(g: dict[str, Any], ft: float = finetuned[split]) -> tuple:
-            return bool(meets_target(g, ft)) and not g["quick"], g["forget_quality"] or 0, g["model_utility"] or 0
+        def rank(g: dict[str, Any], split: str = split) -> tuple:
+            met = bool(meets_target(g, finetuned[(split, g["quick"])]))
+            return met and not g["quick"], not g["quick"], g["forget_quality"] or 0, g["model_utility"] or 0
 
-        picks = [("pure LUNE", next((g for g in lune if g["variant"] == "lune"), None)),
+        picks = [("pure LUNE", max((g for g in lune if g["variant"] == "lune"), key=rank, default=None)),
                  ("best LUNE-family", max(lune, key=rank, default=None)),
                  ("best of the others", max(others, key=rank, default=None))]
         for label, g in picks:
             if g is None:
                 continue
-            verdict = "met" if meets_target(g, finetuned[split]) else "missed"
+            ft = finetuned[(split, g["quick"])]
+            verdict = "met" if meets_target(g, ft) else "missed"
             if g["quick"]:
-                verdict += " (quick mode: indicative only)"
-            share = g["model_utility"] / finetuned[split]
+                verdict = f"quick mode, indicative only: {verdict}"
+            share = g["model_utility"] / ft
             lines.append(f"- {split} / {label} `{g['variant']}` (seeds {','.join(map(str, g['seeds']))}): forget "
                          f"quality {fmt(g['forget_quality'])}, model utility {share:.1%} of finetuned, "
                          f"refusal/replacement share {fmt(g['replacement_share'], 2)} -> {verdict}")
@@ -800,7 +813,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in sorted((cache / "rows").glob("*.json")) if (cache / "rows").is_dir() else []:
         row = json.loads(path.read_text())
         if all(row["settings"].get(k) == v for k, v in base.items()):
-            bench.rows[f"{row['split']}/{row['variant']}"] = row
+            n = row["settings"].get("max_eval_rows")
+            bench.rows[f"{row['split']}/{row['variant']}" + (f"@quick{n}" if n is not None else "")] = row
     bench.run()
     return 0
 

@@ -228,6 +228,7 @@ def test_benchmark_targets_pool_seeds_and_name_the_best_rows(tmp_path):
             *[row(f"lune[negative_weight=1,seed={s}]" if s else "lune[negative_weight=1]", fq, 0.39, 0.95, s)
               for s, fq in ((0, 0.5), (1, 0.6), (2, 0.7))],
             row("lune[learning_rate=1e-3]", 0.9, 0.39, 0.95, quick=True),  # quick mode: never "met"
+            row("finetuned", 0.01, 0.50, quick=True),  # quick rows compare with the quick finetuned row
             row("graddiff[learning_rate=5e-4]", 0.8, 0.30),  # forgets more but loses utility
             row("npo[learning_rate=1e-3]", 0.6, 0.39), row("ga", 0.02, 0.40),
             row("finetuned", 1e-5, 0.40, split="forget05"), row("npo", 0.2, 0.39, split="forget05")]
@@ -249,7 +250,8 @@ def test_benchmark_targets_pool_seeds_and_name_the_best_rows(tmp_path):
     quick = grouped[("forget01", "lune[learning_rate=1e-3]")]
     assert quick["quick"] and module.meets_target(quick, 0.40)  # its numbers pass, but quick rows are never "met":
     assert "`lune[learning_rate=1e-3]`" not in targets  # the full-mode combined row ranks first
-    assert "| lune[learning_rate=1e-3] | 0 (quick) |" in text
+    assert "| forget01 | lune[learning_rate=1e-3] | 0 (quick) | 0.900 | 0.390 | 0.78 |" in text  # 0.39 / 0.50
+    assert "forget01 (quick): rows evaluated per set" in text
     assert "| forget05 | NPO | 0.14 | 0.45 | 0.70 |" in text  # open-unlearning's Llama-3.2-1B rows
     module.render_scatter(rows, tmp_path / "scatter.png")
     assert (tmp_path / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
