@@ -28,7 +28,7 @@ __all__ = [
 
 # Per-objective LuneConfig values of the TOFU recipes (each ObjectiveSpec.recommended; LoRA r=16 everywhere).
 # Learning rates are LoRA-sized: open-unlearning's 1e-5 is for full-parameter training, and with LoRA 2e-5 moved
-# nothing in 25 steps (gradient ascent on SmolLM2-135M, benchmarks/results/tofu_cpu.md).
+# nothing in 25 steps (gradient ascent on SmolLM2-135M, benchmarks/results/tofu_cpu6_legacy.md).
 # `retain`: whether the retain set is passed (its NLL weighted by `retain_weight`), as open-unlearning does for
 # GradDiff, NPO, SimNPO and IdkDPO (alpha = gamma = 1) and not for GradAscent. LUNE and IdK-NLL also get it here:
 # it is what keeps model utility on a model that memorised its retain set.
