@@ -304,6 +304,33 @@ class Benchmark:
         self.rows[self.key(row["split"], row["variant"])] = row
         self.write_results()
 
+    def reference_row(self, split: str, name: str, folder: Path, info: dict[str, Any], sets, reference,
+                      settings: dict[str, Any], wait: bool = True) -> dict[str, Any] | None:
+        """The retain / finetuned row, evaluated once even when two runs share the cache (a lock per row). With
+        `wait=False`: None while another run is evaluating it."""
+        import fcntl
+
+        path = self.row_path(split, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"{split}/{name}: another run is evaluating it; going on")
+                return None
+            row = self.cached_row(split, name, settings)
+            if row is None:
+                log(f"{split}/{name}: evaluating ...")
+                result, eval_s = self.evaluate(self.load(folder), sets, reference)
+                if name == "retain":
+                    result = {**result, **_self_reference(result)}
+                row = self.make_row(split, name, name, result, info, eval_s, settings)
+                self.record(row)
+        self.rows[self.key(split, name)] = row
+        self.write_results()
+        log(f"{split}/{name}: {summary(row)}")
+        return row
+
     def evaluate(self, model, sets, reference, replacements=None) -> tuple[dict[str, Any], float]:
         from lune_hf.tofu.evaluate import evaluate_tofu
 
@@ -364,35 +391,16 @@ class Benchmark:
                 if self.models_only != "finetuned":
                     self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
                 continue
-            ft_dir, ft_info = self.trained_model(ft_name, sets.full, {**base, "rows": f"retain + forget of {split}"})
-            rt_dir, rt_info = self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
-
             # Retain model first: its forget truth ratios are the reference of every forget quality.
-            settings = {**base, **eval_settings, "stage": "retain"}
-            row = self.cached_row(split, "retain", settings)
-            if row is None:
-                log(f"{split}/retain: evaluating ...")
-                result, eval_s = self.evaluate(self.load(rt_dir), sets, None)
-                result = {**result, **_self_reference(result)}
-                row = self.make_row(split, "retain", "retain", result, rt_info, eval_s, settings)
-                self.record(row)
-            else:
-                self.rows[self.key(split, "retain")] = row
-                self.write_results()
+            rt_dir, rt_info = self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
+            row = self.reference_row(split, "retain", rt_dir, rt_info, sets, None,
+                                     {**base, **eval_settings, "stage": "retain"})
             reference = {"forget_truth_ratios": row["forget_truth_ratios"], "mia_min_k": row["mia_min_k"]}
-            log(f"{split}/retain: {summary(row)}")
-
-            settings = {**base, **eval_settings, "stage": "finetuned"}
-            row = self.cached_row(split, "finetuned", settings)
-            if row is None:
-                log(f"{split}/finetuned: evaluating ...")
-                result, eval_s = self.evaluate(self.load(ft_dir), sets, reference)
-                row = self.make_row(split, "finetuned", "finetuned", result, ft_info, eval_s, settings)
-                self.record(row)
-            else:
-                self.rows[self.key(split, "finetuned")] = row
-                self.write_results()
-            log(f"{split}/finetuned: {summary(row)}")
+            ft_dir, ft_info = self.trained_model(ft_name, sets.full, {**base, "rows": f"retain + forget of {split}"})
+            ft_settings = {**base, **eval_settings, "stage": "finetuned"}
+            # Another run evaluating the finetuned model now: go on with the objectives, pick its row up at the end.
+            finetuned_row = self.reference_row(split, "finetuned", ft_dir, ft_info, sets, reference, ft_settings,
+                                               wait=False)
 
             forget_rows = to_rows(sets.forget, s.prompt_format)
             retain_rows = to_rows(sets.retain, s.prompt_format)
@@ -420,6 +428,8 @@ class Benchmark:
                 log(f"{split}/{spec}: {summary(row)}")
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+            if finetuned_row is None:
+                self.reference_row(split, "finetuned", ft_dir, ft_info, sets, reference, ft_settings)
         log(f"done in {time.perf_counter() - self.started:.0f} s; results in {self.json_path}")
 
     def unlearn_row(self, split, spec, objective, overrides, ft_dir, sets, forget_rows, retain_rows, reference,
@@ -488,7 +498,19 @@ class Benchmark:
             r["split"], order.index(r["objective"]) if r["objective"] in order else len(order),
             r["variant"] != r["objective"], r["variant"]))
 
+    def load_cached_rows(self) -> None:
+        """Every finished row in the cache with this setup's settings: earlier runs' and those of a run beside this
+        one (other objectives / variants), so the results file holds them all."""
+        base = self.base_settings()
+        for path in sorted((self.cache / "rows").glob("*.json")) if (self.cache / "rows").is_dir() else []:
+            row = json.loads(path.read_text())
+            if all(row["settings"].get(k) == v for k, v in base.items()):
+                n = row["settings"].get("max_eval_rows")
+                self.rows.setdefault(f"{row['split']}/{row['variant']}" + (f"@quick{n}" if n is not None else ""),
+                                     row)
+
     def write_results(self) -> None:
+        self.load_cached_rows()
         rows = self.ordered_rows()
         write_json_atomic(self.json_path, rows)
         self.json_path.with_suffix(".md").write_text(render_markdown(self.setup, rows, self.data, self.model_path),
@@ -808,13 +830,6 @@ def main(argv: list[str] | None = None) -> int:
     bench = Benchmark(setup, args.data, args.model, cache, args.results_dir, objectives,
                       list(args.splits or setup.forget_splits))
     bench.models_only = args.models_only
-    # Keep the rows of earlier runs (other objectives / variants) in the results file.
-    base = bench.base_settings()
-    for path in sorted((cache / "rows").glob("*.json")) if (cache / "rows").is_dir() else []:
-        row = json.loads(path.read_text())
-        if all(row["settings"].get(k) == v for k, v in base.items()):
-            n = row["settings"].get("max_eval_rows")
-            bench.rows[f"{row['split']}/{row['variant']}" + (f"@quick{n}" if n is not None else "")] = row
     bench.run()
     return 0
 
