@@ -304,10 +304,11 @@ class Benchmark:
         self.rows[self.key(row["split"], row["variant"])] = row
         self.write_results()
 
-    def reference_row(self, split: str, name: str, folder: Path, info: dict[str, Any], sets, reference,
+    def reference_row(self, split: str, name: str, folder: Path, info: dict[str, Any], sets,
                       settings: dict[str, Any], wait: bool = True) -> dict[str, Any] | None:
-        """The retain / finetuned row, evaluated once even when two runs share the cache (a lock per row). With
-        `wait=False`: None while another run is evaluating it."""
+        """The retain / finetuned row, evaluated once even when two runs share the cache (a lock per row), without
+        a reference (:meth:`with_reference` adds forget quality and privleak). With `wait=False`: None while
+        another run is evaluating it."""
         import fcntl
 
         path = self.row_path(split, name)
@@ -321,7 +322,7 @@ class Benchmark:
             row = self.cached_row(split, name, settings)
             if row is None:
                 log(f"{split}/{name}: evaluating ...")
-                result, eval_s = self.evaluate(self.load(folder), sets, reference)
+                result, eval_s = self.evaluate(self.load(folder), sets, None)
                 if name == "retain":
                     result = {**result, **_self_reference(result)}
                 row = self.make_row(split, name, name, result, info, eval_s, settings)
@@ -330,6 +331,20 @@ class Benchmark:
         self.write_results()
         log(f"{split}/{name}: {summary(row)}")
         return row
+
+    def with_reference(self, row: dict[str, Any], reference: dict[str, Any]) -> None:
+        """Forget quality and privleak of a row evaluated without the retain model's numbers (the same values
+        `evaluate_tofu(reference=...)` gives: both are functions of the per-row truth ratios and the AUCs)."""
+        from lune_hf.metrics.functional import forget_quality, privleak
+
+        if row["forget_quality"] is not None:
+            return
+        fq = forget_quality(row["forget_truth_ratios"], reference["forget_truth_ratios"])
+        row["forget_quality"], row["forget_ks_statistic"] = fq["forget_quality"], fq["ks_statistic"]
+        if row.get("mia_min_k") is not None:
+            row["privleak"] = privleak(row["mia_min_k"], reference["mia_min_k"])
+        self.record(row)
+        log(f"{row['split']}/{row['variant']}: {summary(row)}")
 
     def evaluate(self, model, sets, reference, replacements=None) -> tuple[dict[str, Any], float]:
         from lune_hf.tofu.evaluate import evaluate_tofu
@@ -391,16 +406,20 @@ class Benchmark:
                 if self.models_only != "finetuned":
                     self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
                 continue
-            # Retain model first: its forget truth ratios are the reference of every forget quality.
+            # The retain row's forget truth ratios and MIA AUC are the reference of every forget quality and
+            # privleak. Two runs sharing the cache evaluate the two reference rows side by side.
             rt_dir, rt_info = self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
-            row = self.reference_row(split, "retain", rt_dir, rt_info, sets, None,
-                                     {**base, **eval_settings, "stage": "retain"})
-            reference = {"forget_truth_ratios": row["forget_truth_ratios"], "mia_min_k": row["mia_min_k"]}
+            rt_settings = {**base, **eval_settings, "stage": "retain"}
+            retain_row = self.reference_row(split, "retain", rt_dir, rt_info, sets, rt_settings, wait=False)
             ft_dir, ft_info = self.trained_model(ft_name, sets.full, {**base, "rows": f"retain + forget of {split}"})
             ft_settings = {**base, **eval_settings, "stage": "finetuned"}
-            # Another run evaluating the finetuned model now: go on with the objectives, pick its row up at the end.
-            finetuned_row = self.reference_row(split, "finetuned", ft_dir, ft_info, sets, reference, ft_settings,
-                                               wait=False)
+            finetuned_row = self.reference_row(split, "finetuned", ft_dir, ft_info, sets, ft_settings,
+                                               wait=retain_row is None)
+            if retain_row is None:
+                retain_row = self.reference_row(split, "retain", rt_dir, rt_info, sets, rt_settings)
+            reference = {"forget_truth_ratios": retain_row["forget_truth_ratios"], "mia_min_k": retain_row["mia_min_k"]}
+            if finetuned_row is not None:
+                self.with_reference(finetuned_row, reference)
 
             forget_rows = to_rows(sets.forget, s.prompt_format)
             retain_rows = to_rows(sets.retain, s.prompt_format)
@@ -429,7 +448,8 @@ class Benchmark:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
             if finetuned_row is None:
-                self.reference_row(split, "finetuned", ft_dir, ft_info, sets, reference, ft_settings)
+                self.with_reference(self.reference_row(split, "finetuned", ft_dir, ft_info, sets, ft_settings),
+                                    reference)
         log(f"done in {time.perf_counter() - self.started:.0f} s; results in {self.json_path}")
 
     def unlearn_row(self, split, spec, objective, overrides, ft_dir, sets, forget_rows, retain_rows, reference,
