@@ -311,6 +311,8 @@ class Benchmark:
         another run is evaluating it."""
         import fcntl
 
+        from lune_hf.tofu.evaluate import against_reference
+
         path = self.row_path(split, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".lock"), "w") as lock:
@@ -323,8 +325,8 @@ class Benchmark:
             if row is None:
                 log(f"{split}/{name}: evaluating ...")
                 result, eval_s = self.evaluate(self.load(folder), sets, None)
-                if name == "retain":
-                    result = {**result, **_self_reference(result)}
+                if name == "retain":  # against itself: forget quality 1.0, privleak 0
+                    result |= against_reference(result, result)
                 row = self.make_row(split, name, name, result, info, eval_s, settings)
                 self.record(row)
         self.rows[self.key(split, name)] = row
@@ -335,14 +337,11 @@ class Benchmark:
     def with_reference(self, row: dict[str, Any], reference: dict[str, Any]) -> None:
         """Forget quality and privleak of a row evaluated without the retain model's numbers (the same values
         `evaluate_tofu(reference=...)` gives: both are functions of the per-row truth ratios and the AUCs)."""
-        from lune_hf.metrics.functional import forget_quality, privleak
+        from lune_hf.tofu.evaluate import against_reference
 
         if row["forget_quality"] is not None:
             return
-        fq = forget_quality(row["forget_truth_ratios"], reference["forget_truth_ratios"])
-        row["forget_quality"], row["forget_ks_statistic"] = fq["forget_quality"], fq["ks_statistic"]
-        if row.get("mia_min_k") is not None:
-            row["privleak"] = privleak(row["mia_min_k"], reference["mia_min_k"])
+        row.update(against_reference(row, reference))
         self.record(row)
         log(f"{row['split']}/{row['variant']}: {summary(row)}")
 
@@ -536,17 +535,6 @@ class Benchmark:
         self.json_path.with_suffix(".md").write_text(render_markdown(self.setup, rows, self.data, self.model_path),
                                                      encoding="utf-8")
         render_scatter(rows, self.json_path.with_suffix(".png"))
-
-
-def _self_reference(result: dict[str, Any]) -> dict[str, Any]:
-    """The retain model against itself: forget quality 1.0 (KS test of a sample with itself), privleak 0."""
-    from lune_hf.metrics.functional import forget_quality, privleak
-
-    fq = forget_quality(result["forget_truth_ratios"], result["forget_truth_ratios"])
-    out = {"forget_quality": fq["forget_quality"], "forget_ks_statistic": fq["ks_statistic"]}
-    if result.get("mia_min_k") is not None:
-        out["privleak"] = privleak(result["mia_min_k"], result["mia_min_k"])
-    return out
 
 
 def summary(row: dict[str, Any]) -> str:

@@ -292,11 +292,17 @@ class TofuSets:
         return concatenate_datasets([self.retain.select_columns(columns), self.forget.select_columns(columns)])
 
     @property
-    def eval_rows(self) -> dict[str, int]:
-        """Rows evaluated per set (what a results row records next to its numbers)."""
+    def eval_sets(self) -> dict[str, Dataset]:
+        """The evaluation sets by name (``forget``, ``retain``, ``real_authors``, ``world_facts``, ``holdout``),
+        those the source has."""
         sets = {"forget": self.forget, "retain": self.retain_eval, "real_authors": self.real_authors,
                 "world_facts": self.world_facts, "holdout": self.holdout}
-        return {name: len(rows) for name, rows in sets.items() if rows is not None}
+        return {name: rows for name, rows in sets.items() if rows is not None}
+
+    @property
+    def eval_rows(self) -> dict[str, int]:
+        """Rows evaluated per set (what a results row records next to its numbers)."""
+        return {name: len(rows) for name, rows in self.eval_sets.items()}
 
 
 def _try_load(split: str, source: str | Path) -> Dataset | None:

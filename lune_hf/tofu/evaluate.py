@@ -43,7 +43,7 @@ from ..metrics import functional as F
 from .data import TofuSets
 from .template import TofuTemplate
 
-__all__ = ["EVAL_SETS", "UTILITY_INPUTS", "collect_logs", "evaluate_tofu", "tofu_metrics"]
+__all__ = ["EVAL_SETS", "UTILITY_INPUTS", "against_reference", "collect_logs", "evaluate_tofu", "tofu_metrics"]
 
 EVAL_SETS = ("forget", "retain", "real_authors", "world_facts", "holdout")
 # open-unlearning's model_utility pre_compute, in its order (our keys).
@@ -52,12 +52,6 @@ UTILITY_INPUTS = ("retain_probability", "retain_rouge", "retain_truth_ratio",
                   "world_facts_probability", "world_facts_rouge", "world_facts_truth_ratio")
 MIN_K = 0.4
 GENERATED_SETS = ("forget", "retain", "real_authors", "world_facts")
-
-
-def _eval_sets(sets: TofuSets) -> dict[str, Any]:
-    out = {"forget": sets.forget, "retain": sets.retain_eval, "real_authors": sets.real_authors,
-           "world_facts": sets.world_facts, "holdout": sets.holdout}
-    return {name: rows for name, rows in out.items() if rows is not None}
 
 
 def collect_logs(
@@ -75,7 +69,7 @@ def collect_logs(
     "ground_truth"}`` (``paraphrased`` / ``perturbed`` where the set has them; generations for every set but the
     holdout, which only serves the membership test). JSON-serialisable."""
     template = template or TofuTemplate()
-    eval_sets = _eval_sets(sets)
+    eval_sets = sets.eval_sets
     jobs: list[tuple[str, int, str]] = []
     examples: list[dict[str, list[int]]] = []
     for name, rows in eval_sets.items():
@@ -187,12 +181,6 @@ def tofu_metrics(
             result[f"{name}_rouge"] = None
 
     forget = logs["forget"]
-    reference = reference or {}
-    if reference.get("forget_truth_ratios") is not None and "forget_truth_ratios" in result:
-        fq = F.forget_quality(result["forget_truth_ratios"], reference["forget_truth_ratios"])
-        result["forget_quality"], result["forget_ks_statistic"] = fq["forget_quality"], fq["ks_statistic"]
-    else:
-        result["forget_quality"], result["forget_ks_statistic"] = None, None
     inputs = {k: result[k] for k in UTILITY_INPUTS if result.get(k) is not None}
     result["model_utility"] = F.model_utility(inputs)["model_utility"] if inputs else None
     result["model_utility_inputs"] = list(inputs)
@@ -207,15 +195,29 @@ def tofu_metrics(
         members = [r["answer"]["logprobs"][:-1] or r["answer"]["logprobs"] for r in forget]
         nonmembers = [r["answer"]["logprobs"][:-1] or r["answer"]["logprobs"] for r in logs["holdout"]]
         result["mia_min_k"] = F.mia_min_k(members, nonmembers, k=MIN_K)["mia_min_k"]
-        result["privleak"] = F.privleak(result["mia_min_k"], reference.get("mia_min_k"))
     else:
-        result["mia_min_k"], result["privleak"] = None, None
+        result["mia_min_k"] = None
+    result |= against_reference(result, reference)
     if replacements and all("generation" in r for r in forget):
         result["replacement_share"] = F.replacement_share([r["generation"] for r in forget],
                                                           replacements)["replacement_share"]
     else:
         result["replacement_share"] = None
     return result
+
+
+def against_reference(result: Mapping[str, Any], reference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``forget_quality``, ``forget_ks_statistic`` and ``privleak`` of a result (its per-row ``forget_truth_ratios``
+    and ``mia_min_k``) against the retain model's result; without one, no forget quality and privleak relative to
+    0.5, as in open-unlearning."""
+    reference = reference or {}
+    out: dict[str, Any] = {"forget_quality": None, "forget_ks_statistic": None, "privleak": None}
+    if reference.get("forget_truth_ratios") is not None and result.get("forget_truth_ratios") is not None:
+        fq = F.forget_quality(result["forget_truth_ratios"], reference["forget_truth_ratios"])
+        out["forget_quality"], out["forget_ks_statistic"] = fq["forget_quality"], fq["ks_statistic"]
+    if result.get("mia_min_k") is not None:
+        out["privleak"] = F.privleak(result["mia_min_k"], reference.get("mia_min_k"))
+    return out
 
 
 def evaluate_tofu(
