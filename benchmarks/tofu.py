@@ -1,7 +1,7 @@
 """TOFU end to end: fine-tune, train the retain-only reference, unlearn with every objective, evaluate.
 
     python benchmarks/tofu.py --setup cpu --data ../shared/data/tofu \\
-        --model ~/.cache/lune_hf/models/SmolLM2-135M-Instruct          # ~1-2 h on 2 CPU cores, see below
+        --model ~/.cache/lune_hf/models/SmolLM2-135M-Instruct          # hours on 2 CPU cores, see below
     python benchmarks/tofu.py --setup full --data locuslab/TOFU --model <model folder or Hub id>   # one GPU
 
 Writes ``benchmarks/results/tofu_<setup>.json`` (a list of rows: ``split``, ``objective``, ``forget_quality``,
@@ -10,15 +10,18 @@ Writes ``benchmarks/results/tofu_<setup>.json`` (a list of rows: ``split``, ``ob
 
 Stages are cached under ``~/.cache/lune_hf/tofu/<setup>/`` (never in the repository): the fine-tuned and
 retain models, the adapters and every finished row. Run the same command again after a crash and it resumes
-where it stopped; ``--fresh`` starts over. Rows whose settings changed are recomputed; cached models whose
-settings changed are an error (delete the folder or pass ``--fresh``).
+where it stopped (a finished adapter is evaluated again, not trained again; so is one evaluated in another
+mode); ``--fresh`` starts over. Rows whose settings changed are recomputed; cached models whose settings changed
+are an error (delete the folder or pass ``--fresh``).
 
 Setups (stated again at the start of every run):
 
-* ``cpu``: TOFU's last 6 authors (120 rows) - forget01 (authors 199-200, 40 rows) and 4 retain authors
-  (195-198, 80 rows); full fine-tuning for 4 epochs at lr 1e-4 (batch 8), max_length 256; unlearning 5 epochs
-  (batch 8, LoRA r=16); evaluation on all 40 forget rows, 20 retain rows with perturbations (author 195), the
-  first 20 real-author and 20 world-fact rows, greedy answers of at most 48 tokens; one thread.
+* ``cpu``: TOFU authors 1-20 (the 400 rows TOFU's ``retain_perturbed`` split evaluates) plus the split's forget
+  authors for the finetuned model, authors 1-20 alone for the retain model; forget01 and forget05; full
+  fine-tuning for 4 epochs at lr 1e-4 (batch 8), max_length 256; unlearning 5 epochs (batch 8, LoRA r=16);
+  TOFU's evaluation (every row of forget, retain_perturbed, real authors, world facts and holdout, greedy answers
+  of at most 200 tokens); one thread. About an hour per fine-tuned model and 40 minutes per evaluation on this
+  kind of 2-core machine; ``--max-eval-rows`` is the quick mode.
 * ``smoke``: a one-minute check of the pipeline (last 3 authors, one epoch, 4 evaluation rows); meaningless
   numbers, for trying a tiny model.
 * ``full``: TOFU's setting - all 4,000 rows, forget01/05/10, fine-tuning 5 epochs at lr 1e-5 (effective batch
@@ -186,6 +189,10 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -367,7 +374,7 @@ class Benchmark:
             "setup": self.setup.name, "split": split, "objective": objective, "variant": variant,
             "seed": settings.get("overrides", {}).get("seed", 0), "quick": self.setup.max_eval_rows is not None,
             **{k: result.get(k) for k in keys},
-            "wall_s": round(train["wall_s"], 1), "peak_mem_mb": round(train["peak_mem_mb"], 1),
+            "wall_s": _round(train["wall_s"]), "peak_mem_mb": _round(train["peak_mem_mb"]),
             "eval_s": round(eval_s, 1), "settings": settings, "settings_digest": digest(settings),
             "forget_truth_ratios": result.get("forget_truth_ratios"), "forget_samples": result.get("forget_samples"),
         }
@@ -471,14 +478,26 @@ class Benchmark:
         elif replacement != "refusal":
             raise ValueError(f"replacement={replacement!r}: use refusal, perturbed or base")
         out = self.cache / split / "".join(c if c.isalnum() or c in "-_.=" else "_" for c in spec)
-        log(f"{split}/{spec}: unlearning {len(forget)} forget rows (retain {len(retain_rows)}) ...")
-        with PeakMemory() as mem:
-            model = self.load(ft_dir)
-            model = unlearn(model, self.tokenizer(), forget, retain_rows, objective, out, refusals=sets.refusals,
-                            epochs=s.unlearn_epochs, batch_size=s.unlearn_batch, grad_accum=s.unlearn_accum,
-                            max_length=s.max_length, overrides=overrides)
-        train = {"wall_s": mem.seconds, "peak_mem_mb": mem.peak_mb}
-        log(f"{split}/{spec}: unlearned in {mem.seconds:.0f} s, peak {mem.peak_mb:.0f} MB; evaluating ...")
+        # The adapter depends on the training settings only: a finished one is evaluated again (another evaluation
+        # mode, or a run stopped during its evaluation) instead of being trained again.
+        marker = out / "lune_tofu_stage.json"
+        train_key = digest({k: v for k, v in settings.items() if k not in ("max_eval_rows", "max_new_tokens")})
+        train = json.loads(marker.read_text()) if marker.is_file() else None
+        if train is not None and train.get("train_digest") == train_key:
+            from peft import PeftModel
+
+            log(f"{split}/{spec}: cached adapter in {out} ({fmt(train['wall_s'], 0)} s when trained); evaluating ...")
+            model = PeftModel.from_pretrained(self.load(ft_dir), str(out))
+        else:
+            log(f"{split}/{spec}: unlearning {len(forget)} forget rows (retain {len(retain_rows)}) ...")
+            with PeakMemory() as mem:
+                model = self.load(ft_dir)
+                model = unlearn(model, self.tokenizer(), forget, retain_rows, objective, out,
+                                refusals=sets.refusals, epochs=s.unlearn_epochs, batch_size=s.unlearn_batch,
+                                grad_accum=s.unlearn_accum, max_length=s.max_length, overrides=overrides)
+            train = {"train_digest": train_key, "wall_s": mem.seconds, "peak_mem_mb": mem.peak_mb}
+            write_json_atomic(marker, train)
+            log(f"{split}/{spec}: unlearned in {mem.seconds:.0f} s, peak {mem.peak_mb:.0f} MB; evaluating ...")
         model = model.merge_and_unload()
         result, eval_s = self.evaluate(model, sets, reference, targets)
         return self.make_row(split, objective, spec, result, train, eval_s, settings)
@@ -540,8 +559,8 @@ class Benchmark:
 def summary(row: dict[str, Any]) -> str:
     return (f"forget_quality {fmt(row['forget_quality'])}, model_utility {fmt(row['model_utility'])}, "
             f"forget_rouge {fmt(row['forget_rouge'])}, retain_rouge {fmt(row['retain_rouge'])}, "
-            f"forget_truth_ratio {fmt(row['forget_truth_ratio'])} (train {row['wall_s']:.0f} s, "
-            f"eval {row['eval_s']:.0f} s, peak {row['peak_mem_mb']:.0f} MB)")
+            f"forget_truth_ratio {fmt(row['forget_truth_ratio'])} (train {fmt(row['wall_s'], 0)} s, "
+            f"eval {row['eval_s']:.0f} s, peak {fmt(row['peak_mem_mb'], 0)} MB)")
 
 
 def base_variant(variant: str) -> str:
@@ -625,8 +644,8 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
         lines.append(
             f"| {g['split']} | {g['variant']} | {seeds} | {_with_std(g, 'forget_quality')} | "
             f"{_with_std(g, 'model_utility')} | {fmt(ratio, 2)} | {fmt(g['forget_rouge'])} | {fmt(g['privleak'], 1)} | "
-            f"{fmt(g['replacement_share'], 2)} | {fmt(g['forget_truth_ratio'])} | {g['wall_s']:.0f} | "
-            f"{g['peak_mem_mb']:.0f} |")
+            f"{fmt(g['replacement_share'], 2)} | {fmt(g['forget_truth_ratio'])} | {fmt(g['wall_s'], 0)} | "
+            f"{fmt(g['peak_mem_mb'], 0)} |")
     notes = {
         "replacement=perturbed": "`replacement=perturbed`: LUNE trained towards TOFU's perturbed answers, the same "
         "wrong answers the truth ratio (hence forget quality) scores - it optimises the metric directly, not a clean "
