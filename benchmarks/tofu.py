@@ -369,6 +369,7 @@ class Benchmark:
                 "real_authors_probability", "real_authors_rouge", "real_authors_truth_ratio",
                 "world_facts_probability", "world_facts_rouge", "world_facts_truth_ratio", "forget_ks_statistic",
                 "extraction_strength", "strict_extraction_strength", "mia_min_k", "model_utility_inputs",
+                "refusal_spill", "retain_refusal_share", "real_authors_refusal_share", "world_facts_refusal_share",
                 "eval_rows"]
         return {
             "setup": self.setup.name, "split": split, "objective": objective, "variant": variant,
@@ -583,7 +584,7 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  "seeds": sorted(m.get("seed", 0) for m in members), "quick": quick,
                  "eval_rows": members[0].get("eval_rows")}
         for key in ("forget_quality", "model_utility", "forget_rouge", "privleak", "replacement_share",
-                    "forget_truth_ratio", "wall_s", "peak_mem_mb"):
+                    "refusal_spill", "forget_truth_ratio", "wall_s", "peak_mem_mb"):
             values = [m.get(key) for m in members if m.get(key) is not None]
             entry[key] = float(np.mean(values)) if values else None
             if key in ("forget_quality", "model_utility") and len(values) > 1:
@@ -630,13 +631,15 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
               "`MU/ft` = model utility relative to the finetuned model; `privleak`: Min-K% (k = 0.4) membership "
               "AUC of forget against holdout rows relative to the retain model's (0 = as private as the retain "
               "model, -100 = fully exposed); `refusal/repl.`: share of forget answers that are a refusal sentence "
-              "(or the row's replacement target), ROUGE-L F1 >= 0.5. Several seeds: mean ± standard deviation. "
+              "(or the row's replacement target), ROUGE-L F1 >= 0.5; `refusal spill`: share of retain, real-author and "
+              "world-fact answers that are a refusal sentence (what the model stopped answering). Several seeds: "
+              "mean ± standard deviation. "
               "`wall_s` / `peak_mem_mb`: training stage only (fine-tuning for finetuned / retain, unlearning "
               "otherwise), peak " + ("CUDA allocation." if setup.name == "full" else "RSS of the process (sampled)."),
               "", f"![forget quality against model utility](tofu_{setup.name}.png)", "",
               "| split | objective | seeds | forget quality | model utility | MU/ft | forget ROUGE-L | privleak | "
-              "refusal/repl. | forget truth ratio | wall_s | peak_mem_mb |",
-              "|" + " --- |" * 12]
+              "refusal/repl. | refusal spill | forget truth ratio | wall_s | peak_mem_mb |",
+              "|" + " --- |" * 13]
     for g in grouped:
         ft = finetuned.get((g["split"], g["quick"]))
         ratio = g["model_utility"] / ft if ft and g["model_utility"] else None
@@ -644,7 +647,8 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
         lines.append(
             f"| {g['split']} | {g['variant']} | {seeds} | {_with_std(g, 'forget_quality')} | "
             f"{_with_std(g, 'model_utility')} | {fmt(ratio, 2)} | {fmt(g['forget_rouge'])} | {fmt(g['privleak'], 1)} | "
-            f"{fmt(g['replacement_share'], 2)} | {fmt(g['forget_truth_ratio'])} | {fmt(g['wall_s'], 0)} | "
+            f"{fmt(g['replacement_share'], 2)} | {fmt(g['refusal_spill'], 2)} | {fmt(g['forget_truth_ratio'])} | "
+            f"{fmt(g['wall_s'], 0)} | "
             f"{fmt(g['peak_mem_mb'], 0)} |")
     notes = {
         "replacement=perturbed": "`replacement=perturbed`: LUNE trained towards TOFU's perturbed answers, the same "

@@ -1,6 +1,8 @@
 """Forget-side TOFU numbers of a saved forget01 adapter of `benchmarks/tofu.py --setup cpu`, in minutes instead of
 the ~40 of a full row: forget quality, forget ROUGE-L, refusal/replacement share, privleak, truth ratio, probability
-and extraction strength on every forget01 and holdout01 row, against the cached retain row. No model utility.
+and extraction strength on every forget01 and holdout01 row, against the cached retain row; with `--spill-rows N`
+(default 20) also the refusal spill (share of refusal answers) on the first N rows of retain_perturbed, real authors
+and world facts. No model utility.
 
     python benchmarks/tofu_forget_side.py --data ../shared/data/tofu \\
         --adapter ~/.cache/lune_hf/tofu/cpu/forget01/<objective folder> --json out.json
@@ -20,7 +22,8 @@ from lune_hf.tofu.data import tofu_sets
 from lune_hf.tofu.evaluate import evaluate_tofu
 
 KEYS = ["forget_quality", "forget_rouge", "replacement_share", "privleak", "mia_min_k", "forget_truth_ratio",
-        "forget_probability", "extraction_strength", "eval_rows", "forget_samples"]
+        "forget_probability", "extraction_strength", "refusal_spill", "retain_refusal_share",
+        "real_authors_refusal_share", "world_facts_refusal_share", "eval_rows", "forget_samples"]
 
 
 def main() -> None:
@@ -30,11 +33,15 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/lune_hf/tofu/cpu",
                         help="benchmarks/tofu.py's cache of the cpu setup.")
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
+    parser.add_argument("--spill-rows", type=int, default=20, help="Rows of each set to keep (retain_perturbed, "
+                        "real authors, world facts) on which to count refusals; 0: none.")
     parser.add_argument("--json", type=Path, required=True, help="Where the numbers go.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sets = tofu_sets(args.data, "forget01", retain_authors=range(20))
-    sets = replace(sets, retain_eval=None, real_authors=None, world_facts=None)
+    n = args.spill_rows
+    sets = replace(sets, **{name: getattr(sets, name).select(range(min(n, len(getattr(sets, name))))) if n else None
+                            for name in ("retain_eval", "real_authors", "world_facts")})
     retain = json.loads((args.cache_dir / "rows/forget01__retain.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(args.cache_dir / "finetuned_forget01")
     ensure_pad_token(tokenizer)
@@ -42,7 +49,7 @@ def main() -> None:
     model = PeftModel.from_pretrained(model, str(args.adapter)).merge_and_unload()
     result = evaluate_tofu(model, tokenizer, sets, reference=retain, max_new_tokens=200, batch_size=32,
                            max_length=256)
-    out = {"adapter": args.adapter.name, **{k: result[k] for k in KEYS}}
+    out = {"adapter": args.adapter.name, **{k: result.get(k) for k in KEYS}}
     args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in out.items() if k != "forget_samples"}, indent=1))
 

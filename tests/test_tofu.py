@@ -217,16 +217,17 @@ def _benchmark_module():
 def test_benchmark_targets_pool_seeds_and_name_the_best_rows(tmp_path):
     module = _benchmark_module()
 
-    def row(variant, fq, mu, share=0.0, seed=0, quick=False, split="forget01"):
+    def row(variant, fq, mu, share=0.0, seed=0, quick=False, split="forget01", spill=None):
         return {"split": split, "variant": variant, "objective": variant.partition("[")[0], "seed": seed,
                 "quick": quick, "forget_quality": fq, "model_utility": mu, "forget_rouge": 0.1, "privleak": -50.0,
-                "replacement_share": share, "forget_truth_ratio": 0.6, "wall_s": 1.0, "peak_mem_mb": 1.0,
+                "replacement_share": share, "refusal_spill": spill, "forget_truth_ratio": 0.6, "wall_s": 1.0,
+                "peak_mem_mb": 1.0,
                 "eval_rows": {"forget": 40, "retain": 400}}
 
     rows = [row("finetuned", 0.01, 0.40), row("retain", 1.0, 0.39), row("lune", 0.03, 0.39, share=0.95),
             # the combined objective, three seeds: mean FQ 0.6 (std 0.08165), MU 0.39, share 0.95 -> met
-            *[row(f"lune[negative_weight=1,seed={s}]" if s else "lune[negative_weight=1]", fq, 0.39, 0.95, s)
-              for s, fq in ((0, 0.5), (1, 0.6), (2, 0.7))],
+            *[row(f"lune[negative_weight=1,seed={s}]" if s else "lune[negative_weight=1]", fq, 0.39, 0.95, s,
+                  spill=spill) for s, fq, spill in ((0, 0.5, 0.1), (1, 0.6, 0.2), (2, 0.7, None))],
             row("lune[learning_rate=1e-3]", 0.9, 0.39, 0.95, quick=True),  # quick mode: never "met"
             row("finetuned", 0.01, 0.50, quick=True),  # quick rows compare with the quick finetuned row
             row("graddiff[learning_rate=5e-4]", 0.8, 0.30),  # forgets more but loses utility
@@ -238,6 +239,7 @@ def test_benchmark_targets_pool_seeds_and_name_the_best_rows(tmp_path):
     assert combined["forget_quality_std"] == pytest.approx(0.0816497, rel=1e-5)
     text = module.render_markdown(module.SETUPS["cpu"], rows, "data", "model")
     assert "| forget01 | lune[negative_weight=1] | 0,1,2 | 0.600 ± 0.082 | 0.390 ± 0.000 |" in text
+    assert "| 0.95 | 0.15 | 0.600 |" in text  # refusal spill: the mean of the seeds that measured it
     assert "forget01: rows evaluated per set: forget 40, retain 400" in text
     targets = text.split("## Targets")[1].split("## open-unlearning")[0]
     assert ("forget01 / pure LUNE `lune` (seeds 0): forget quality 0.030, model utility 97.5% of finetuned, "

@@ -235,6 +235,26 @@ def test_replacement_share_counts_refusals():
     assert tofu_metrics(logs)["replacement_share"] is None
 
 
+def test_refusal_spill_counts_refusals_on_the_sets_to_keep():
+    logs = make_logs(4, hit_rate=0.5, n_forget=4)
+    sizes = {name: len(logs[name]) for name in ("retain", "real_authors", "world_facts")}
+    logs["retain"][0]["generation"] = "I don't know."
+    logs["real_authors"][1]["generation"] = "I'm not sure."
+    logs["real_authors"][2]["generation"] = "I do not know that."
+    refusals = ["I'm not sure.", "I don't know."]
+    result = tofu_metrics(logs, refusals=refusals)
+    # "i do not know that" vs "i don t know": LCS i, know -> P 2/5, R 2/4, F1 0.44 < 0.5: not a refusal
+    assert result["retain_refusal_share"] == pytest.approx(1 / sizes["retain"])
+    assert result["real_authors_refusal_share"] == pytest.approx(1 / sizes["real_authors"])
+    assert result["world_facts_refusal_share"] == 0.0
+    assert result["refusal_spill"] == pytest.approx(2 / sum(sizes.values()))
+    # a shared refusal list given as `replacements` serves both; per-row replacement answers do not
+    assert tofu_metrics(logs, replacements=refusals)["refusal_spill"] == result["refusal_spill"]
+    per_row = [["x"]] * len(logs["forget"])
+    assert tofu_metrics(logs, replacements=per_row)["refusal_spill"] is None
+    assert tofu_metrics(logs, replacements=per_row, refusals=refusals)["refusal_spill"] == result["refusal_spill"]
+
+
 # --------------------------------------------------------------------------------------------------
 # Tokens: open-unlearning's preprocess_chat_instance, transcribed
 # --------------------------------------------------------------------------------------------------

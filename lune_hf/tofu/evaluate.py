@@ -24,7 +24,9 @@ Two steps, so that the numbers can be checked without a model:
   model's AUC (0.5 without one).
 
 Beyond open-unlearning: ``replacement_share`` (the share of forget answers that are a refusal or the intended
-replacement, :func:`lune_hf.metrics.functional.replacement_share`) and ``strict_extraction_strength``.
+replacement, :func:`lune_hf.metrics.functional.replacement_share`), ``refusal_spill`` (the share of retain,
+real-author and world-fact answers that are a refusal sentence: what a refusal objective takes from the questions
+it should keep answering; ``<set>_refusal_share`` per set) and ``strict_extraction_strength``.
 
 One deliberate difference: open-unlearning's collator masks every token equal to the pad token in attention
 (``input_ids != pad_id``); with tokenizers whose pad is the end-of-turn token (Llama-3, SmolLM2) that hides the
@@ -137,6 +139,7 @@ def tofu_metrics(
     logs: Mapping[str, Sequence[Mapping[str, Any]]],
     reference: Mapping[str, Any] | None = None,
     replacements: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    refusals: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """open-unlearning's TOFU numbers from :func:`collect_logs` output (pure; see the module docstring).
 
@@ -145,11 +148,12 @@ def tofu_metrics(
         reference: the retain model's own result (``forget_truth_ratios`` per row, ``mia_min_k``); without it
             ``forget_quality`` is None and ``privleak`` is relative to 0.5, as in open-unlearning.
         replacements: refusal sentences (or per-row replacement answers) for ``replacement_share``.
+        refusals: refusal sentences for ``refusal_spill`` (default: `replacements` when it is one shared list).
 
     Returns a flat dict: ``<set>_probability``, ``<set>_rouge``, ``<set>_truth_ratio`` per set, ``forget_quality``,
     ``forget_ks_statistic``, ``model_utility`` (+ ``model_utility_inputs``), ``extraction_strength``,
-    ``strict_extraction_strength``, ``mia_min_k``, ``privleak``, ``replacement_share``, ``forget_truth_ratios``,
-    ``eval_rows`` (rows per set).
+    ``strict_extraction_strength``, ``mia_min_k``, ``privleak``, ``replacement_share``, ``refusal_spill`` (+
+    ``<set>_refusal_share``), ``forget_truth_ratios``, ``eval_rows`` (rows per set).
     """
     result: dict[str, Any] = {"eval_rows": {name: len(rows) for name, rows in logs.items()}}
     for name in ("forget", "retain", "real_authors", "world_facts"):
@@ -203,7 +207,33 @@ def tofu_metrics(
                                                           replacements)["replacement_share"]
     else:
         result["replacement_share"] = None
-    return result
+    return result | refusal_spill(logs, refusals if refusals is not None else _shared_list(replacements))
+
+
+def _shared_list(replacements: Sequence[str] | Sequence[Sequence[str]] | None) -> Sequence[str] | None:
+    if replacements and all(isinstance(r, str) for r in replacements):
+        return replacements  # type: ignore[return-value]
+    return None
+
+
+def refusal_spill(logs: Mapping[str, Sequence[Mapping[str, Any]]], refusals: Sequence[str] | None) -> dict[str, Any]:
+    """``<set>_refusal_share`` for the retain, real-author and world-fact generations and ``refusal_spill``, the
+    share over all of them pooled (None without refusal sentences or generations)."""
+    out: dict[str, Any] = {"refusal_spill": None}
+    answers: list[str] = []
+    for name in ("retain", "real_authors", "world_facts"):
+        rows = logs.get(name) or []
+        generations = [r["generation"] for r in rows if "generation" in r]
+        share = None
+        if refusals and generations:
+            share = F.replacement_share(generations, refusals)["replacement_share"]
+            answers += generations
+        out[f"{name}_refusal_share"] = share
+    if answers:
+        shares = [out[f"{name}_refusal_share"] * len(logs[name]) for name in ("retain", "real_authors", "world_facts")
+                  if out[f"{name}_refusal_share"] is not None]
+        out["refusal_spill"] = float(sum(shares) / len(answers))
+    return out
 
 
 def against_reference(result: Mapping[str, Any], reference: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -249,7 +279,8 @@ def evaluate_tofu(
     """
     logs = collect_logs(model, tokenizer, sets, template, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         max_length=max_length, progress=progress)
-    result = tofu_metrics(logs, reference, replacements if replacements is not None else sets.refusals)
+    result = tofu_metrics(logs, reference, replacements if replacements is not None else sets.refusals,
+                          refusals=sets.refusals)
     forget = sets.forget.select(range(min(samples, len(sets.forget))))
     result["forget_samples"] = [{"question": q, "answer": a, "generated": row["generation"]}
                                 for q, a, row in zip(forget["question"], forget["answer"], logs["forget"][:len(forget)],
