@@ -823,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-only", nargs="?", const="both", choices=("both", "finetuned", "retain"),
                         default=None, help="Only fine-tune the models of the splits (both, or only the finetuned or "
                         "the retain one: two runs can train them side by side), then stop.")
+    parser.add_argument("--report-only", action="store_true", help="Only rewrite the results (JSON, table, scatter) "
+                        "from the rows finished in the cache, e.g. while runs are still going.")
     args = parser.parse_args(argv)
 
     setup = SETUPS[args.setup]
@@ -861,6 +863,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Benchmark(setup, args.data, args.model, cache, args.results_dir, objectives,
                       list(args.splits or setup.forget_splits))
     bench.models_only = args.models_only
+    if args.report_only:
+        bench.write_results()
+        log(f"results in {bench.json_path}")
+        return 0
     bench.run()
     return 0
 

@@ -29,7 +29,8 @@ KEYS = ["forget_quality", "forget_rouge", "replacement_share", "privleak", "mia_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="TOFU folder or Hub id.")
-    parser.add_argument("--adapter", type=Path, required=True, help="LoRA adapter folder.")
+    parser.add_argument("--adapter", type=Path, default=None, help="LoRA adapter folder (default: none, the "
+                        "finetuned model itself).")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/lune_hf/tofu/cpu",
                         help="benchmarks/tofu.py's cache of the cpu setup.")
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
@@ -46,10 +47,11 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.cache_dir / "finetuned_forget01")
     ensure_pad_token(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(args.cache_dir / "finetuned_forget01")
-    model = PeftModel.from_pretrained(model, str(args.adapter)).merge_and_unload()
+    if args.adapter is not None:
+        model = PeftModel.from_pretrained(model, str(args.adapter)).merge_and_unload()
     result = evaluate_tofu(model, tokenizer, sets, reference=retain, max_new_tokens=200, batch_size=32,
                            max_length=256)
-    out = {"adapter": args.adapter.name, **{k: result.get(k) for k in KEYS}}
+    out = {"adapter": args.adapter.name if args.adapter else None, **{k: result.get(k) for k in KEYS}}
     args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in out.items() if k != "forget_samples"}, indent=1))
 
