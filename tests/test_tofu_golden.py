@@ -253,6 +253,8 @@ def test_refusal_spill_counts_refusals_on_the_sets_to_keep():
     per_row = [["x"]] * len(logs["forget"])
     assert tofu_metrics(logs, replacements=per_row)["refusal_spill"] is None
     assert tofu_metrics(logs, replacements=per_row, refusals=refusals)["refusal_spill"] == result["refusal_spill"]
+    del logs["world_facts"][0]["generation"]  # a row without an answer counts on neither side
+    assert tofu_metrics(logs, refusals=refusals)["refusal_spill"] == pytest.approx(2 / (sum(sizes.values()) - 1))
 
 
 # --------------------------------------------------------------------------------------------------

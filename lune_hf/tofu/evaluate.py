@@ -220,19 +220,15 @@ def refusal_spill(logs: Mapping[str, Sequence[Mapping[str, Any]]], refusals: Seq
     """``<set>_refusal_share`` for the retain, real-author and world-fact generations and ``refusal_spill``, the
     share over all of them pooled (None without refusal sentences or generations)."""
     out: dict[str, Any] = {"refusal_spill": None}
-    answers: list[str] = []
+    refused = answered = 0.0
     for name in ("retain", "real_authors", "world_facts"):
-        rows = logs.get(name) or []
-        generations = [r["generation"] for r in rows if "generation" in r]
-        share = None
-        if refusals and generations:
-            share = F.replacement_share(generations, refusals)["replacement_share"]
-            answers += generations
+        generations = [r["generation"] for r in logs.get(name) or [] if "generation" in r]
+        share = F.replacement_share(generations, refusals)["replacement_share"] if refusals and generations else None
         out[f"{name}_refusal_share"] = share
-    if answers:
-        shares = [out[f"{name}_refusal_share"] * len(logs[name]) for name in ("retain", "real_authors", "world_facts")
-                  if out[f"{name}_refusal_share"] is not None]
-        out["refusal_spill"] = float(sum(shares) / len(answers))
+        if share is not None:
+            refused, answered = refused + share * len(generations), answered + len(generations)
+    if answered:
+        out["refusal_spill"] = refused / answered
     return out
 
 
