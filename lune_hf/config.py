@@ -53,6 +53,13 @@ class LuneConfig(TrainingArguments):
                   "> 0 also removes the answer (TOFU's forget quality measures that)."},
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term in the total loss."})
+    preserve_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an answer-preservation term on the retain rows (needs a retain set with prompts): "
+                  "on each retain prompt the true answer is preferred to a refusal sentence, "
+                  "-(1/beta) log sigmoid(beta * (l(refusal | x) - l(y | x))). It keeps a refusal or replacement "
+                  "objective from refusing the questions it should still answer; 0 (default) leaves it out."},
+    )
     retain_weight: float = field(
         default=1.0, metadata={"help": "Weight of the retain term (used only when a retain set is given)."}
     )
@@ -211,7 +218,8 @@ class LuneConfig(TrainingArguments):
             self.retain_loss = "none"
         if self.retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"Unknown retain_loss {self.retain_loss!r}. Valid: {', '.join(RETAIN_LOSSES)}.")
-        for name in ("beta", "delta", "forget_weight", "retain_weight", "negative_weight", "learning_rate"):
+        for name in ("beta", "delta", "forget_weight", "retain_weight", "negative_weight", "preserve_weight",
+                     "learning_rate"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if self.beta <= 0:
@@ -220,6 +228,11 @@ class LuneConfig(TrainingArguments):
             raise ValueError(f"forget_weight, retain_weight and negative_weight must be >= 0 (a negative weight turns "
                              f"the term's direction around), got {self.forget_weight}, {self.retain_weight} and "
                              f"{self.negative_weight}.")
+        if self.preserve_weight < 0:
+            raise ValueError(f"preserve_weight must be >= 0, got {self.preserve_weight}.")
+        if self.preserve_weight > 0 and self.retain_loss == "none":
+            raise ValueError("preserve_weight > 0 works on the retain rows, but retain_loss='none' drops them: use "
+                             "retain_loss='nll' or 'kl', or preserve_weight=0.")
         if self.negative_weight > 0 and self.objective != "lune":
             raise ValueError(f"negative_weight belongs to objective 'lune' (got {self.objective!r}); for an NPO term "
                              f"alone use objective='npo'.")

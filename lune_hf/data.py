@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 FORGET_PREFIX = "forget"
 REPLACEMENT_PREFIX = "replacement"
 RETAIN_PREFIX = "retain"
+RETAIN_REFUSAL_PREFIX = "retain_refusal"  # a retain prompt with a refusal answer (answer preservation)
+GROUPS = (FORGET_PREFIX, REPLACEMENT_PREFIX, RETAIN_PREFIX, RETAIN_REFUSAL_PREFIX)
 _DATA_EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -353,11 +355,13 @@ def build_unlearning_dataset(
     seed: int = 0,
     text_prefix_tokens: int = DEFAULT_TEXT_PREFIX_TOKENS,
     forget_name: str = "forget",
+    retain_refusals: Sequence[str] | None = None,
 ) -> UnlearningDataset:
     """Tokenise the forget set (true answer and/or replacement) and the retain set, prompt tokens masked.
 
     Raw-text forget rows train on their continuation after the first `text_prefix_tokens` tokens when a replacement
-    is trained on, on their whole text otherwise; raw-text retain rows on their whole text."""
+    is trained on, on their whole text otherwise; raw-text retain rows on their whole text. With `retain_refusals`,
+    each retain row also gets a refusal answer to its prompt (`retain_refusal_*`, for answer preservation)."""
     validate_columns(forget, forget_name)
     if retain is not None:
         validate_columns(retain, "retain")
@@ -380,21 +384,32 @@ def build_unlearning_dataset(
 
     return UnlearningDataset(
         _tokenize_rows(forget, forget_name, forget_example, max_length),
-        tokenize_retain(retain, tokenizer, max_length) if retain is not None else None,
+        tokenize_retain(retain, tokenizer, max_length, refusals=retain_refusals) if retain is not None else None,
         seed,
     )
 
 
 def tokenize_retain(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                    name: str = "retain") -> list[dict[str, list[int]]]:
-    """`retain_input_ids` / `retain_labels` of each row (raw text: the whole text is the answer)."""
+                    name: str = "retain", refusals: Sequence[str] | None = None) -> list[dict[str, list[int]]]:
+    """`retain_input_ids` / `retain_labels` of each row (raw text: the whole text is the answer), and with
+    `refusals` also `retain_refusal_input_ids` / `retain_refusal_labels`: the row's prompt answered with a refusal."""
     validate_columns(rows, name)
 
     def example(i: int, row: dict[str, Any]) -> dict[str, list[int]]:
         where = f"{name} row {i}"
         parts = row_parts(row, tokenizer, where)
         head, tail = (parts.full[:1], parts.full[1:]) if parts.text else (parts.head, parts.tail)
-        return _prefixed(RETAIN_PREFIX, pack_example(head, tail, max_length, where))
+        out = _prefixed(RETAIN_PREFIX, pack_example(head, tail, max_length, where))
+        if refusals:
+            if parts.text or not parts.head:
+                raise ValueError(f"{where}: answer preservation (preserve_weight > 0) answers each retain prompt "
+                                 "with a refusal, but this row has no prompt (raw text or token ids without a "
+                                 "prompt). Give the retain set prompt/completion (or messages) rows, or set "
+                                 "preserve_weight=0.")
+            refusal = completion_ids(tokenizer, parts.prompt, pick_refusal(refusals, i))
+            out |= _prefixed(RETAIN_REFUSAL_PREFIX, pack_example(parts.head, refusal, max_length,
+                                                                 f"{where} (refusal)"))
+        return out
 
     return _tokenize_rows(rows, name, example, max_length)
 
@@ -433,7 +448,7 @@ class UnlearningCollator:
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
-        for prefix in (FORGET_PREFIX, REPLACEMENT_PREFIX, RETAIN_PREFIX):
+        for prefix in GROUPS:
             key = f"{prefix}_input_ids"
             if key not in features[0]:
                 continue

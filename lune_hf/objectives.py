@@ -154,6 +154,14 @@ def kl_divergence(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.
     return _per_sequence_mean(out, mask)
 
 
+def answer_preservation(nll_sum: torch.Tensor, refusal_nll_sum: torch.Tensor, beta: float) -> torch.Tensor:
+    """Answer preservation on retain prompts (the AP term of Yuan et al., "A Closer Look at Machine Unlearning for
+    Large Language Models"): the true answer preferred to a refusal, reference-free,
+    ``-(1/beta) mean log sigmoid(beta * (l(refusal | x) - l(y | x)))``. Small while the refusal is far less likely
+    than the answer; it grows, and pushes back, once a refusal learnt on the forget set spreads to these prompts."""
+    return -(1.0 / beta) * F.logsigmoid(beta * (refusal_nll_sum - nll_sum)).mean()
+
+
 # --------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------

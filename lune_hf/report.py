@@ -199,6 +199,7 @@ def _hyperparameters(args, model, budget_steps: int, distributed_type: str, has_
         "forget_weight": args.forget_weight,
         "negative_weight": args.negative_weight,
         "retain_weight": args.retain_weight,
+        "preserve_weight": args.preserve_weight,
         "retain_loss": args.retain_loss if has_retain else "none",
         "max_length": args.max_length,
         "stop_when_forgotten": args.stop_when_forgotten,

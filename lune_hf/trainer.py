@@ -34,8 +34,10 @@ from .commitment import commit_rows, load_or_create_key
 from .config import CHECKPOINTING, LuneConfig
 from .data import (
     FORGET_PREFIX,
+    GROUPS,
     REPLACEMENT_PREFIX,
     RETAIN_PREFIX,
+    RETAIN_REFUSAL_PREFIX,
     UnlearningCollator,
     UnlearningDataset,
     build_unlearning_dataset,
@@ -211,9 +213,7 @@ class LuneTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            self._signature_columns = [
-                f"{p}_{k}" for p in (FORGET_PREFIX, REPLACEMENT_PREFIX, RETAIN_PREFIX) for k in ("input_ids", "labels")
-            ]
+            self._signature_columns = [f"{p}_{k}" for p in GROUPS for k in ("input_ids", "labels")]
 
     @staticmethod
     def _logits(model, inputs: dict[str, torch.Tensor], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,6 +263,11 @@ class LuneTrainer(Trainer):
                 retain_loss = obj.nll(nll_ret, n_ret)
             loss = loss + retain_weight * retain_loss
             logged["loss/retain"] = retain_loss.detach()
+            if f"{RETAIN_REFUSAL_PREFIX}_input_ids" in inputs:  # preserve_weight > 0
+                refusal_nll = answer_stats(RETAIN_REFUSAL_PREFIX)[2]
+                preserve_loss = obj.answer_preservation(nll_ret, refusal_nll, args.beta)
+                loss = loss + args.preserve_weight * preserve_loss
+                logged["loss/preserve"] = preserve_loss.detach()
 
         for key, value in logged.items():
             # One scalar per rank: `gather`, not `gather_for_metrics`, which would cut it to the last batch's remainder.
@@ -675,6 +680,9 @@ def _check_data(args: LuneConfig, train_dataset, retain_dataset, eval_dataset) -
             validate_columns(rows, f"eval_dataset[{name!r}]" if name != "eval" else "eval_dataset")
     if args.spec.needs_retain and retain_dataset is None:
         raise ValueError(f"The objective {args.objective!r} needs a retain set: pass `retain_dataset`.")
+    if args.preserve_weight > 0 and retain_dataset is None:
+        raise ValueError(f"preserve_weight={args.preserve_weight:g} keeps the retain prompts answered, but no retain "
+                         "set was given: pass `retain_dataset` (prompt/completion rows), or preserve_weight=0.")
 
 
 def _model_and_tokenizer(model, processing_class, args: LuneConfig, peft_config, ref_model):
@@ -714,6 +722,7 @@ def _tokenised(args: LuneConfig, tokenizer, train_dataset, retain_dataset, eval_
             replacement_column=None if spec.refusal_only else args.replacement_column,
             retain=retain if args.retain_loss != "none" else None, seed=args.seed,
             text_prefix_tokens=args.text_prefix_tokens, forget_name=name,
+            retain_refusals=refusals if args.preserve_weight > 0 else None,
         )
 
     def validation(rows: Dataset, name: str) -> UnlearningDataset:

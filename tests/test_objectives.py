@@ -75,6 +75,18 @@ def test_lune_with_a_negative_term_by_hand():
         obj.lune(nll_r, n_r, negative_weight=1.0)
 
 
+def test_answer_preservation_by_hand():
+    beta = 0.1
+    answer, refusal = torch.tensor([10.0, 4.0]), torch.tensor([30.0, 5.0])
+    # -(1/0.1) * mean(logsig(0.1 * (30 - 10)), logsig(0.1 * (5 - 4)))
+    want = -(1 / beta) * (logsig(2.0) + logsig(0.1)) / 2
+    assert obj.answer_preservation(answer, refusal, beta).item() == pytest.approx(want, rel=1e-6)
+    assert want == pytest.approx(3.8566, abs=1e-4)
+    # A refusal as likely as the answer: (1/beta) ln 2; a refusal far less likely: close to 0.
+    assert obj.answer_preservation(answer, answer, beta).item() == pytest.approx(LN(2) / beta, rel=1e-6)
+    assert obj.answer_preservation(answer, answer + 200, beta).item() < 1e-6
+
+
 def test_simnpo_by_hand():
     beta, delta = 2.0, 0.5
     nll_sum, n = torch.tensor([4.0]), torch.tensor([2])

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import Poison, rows
+from datasets import Dataset
 from peft import PeftModel
 from transformers import PreTrainedModel
 
@@ -98,7 +99,9 @@ def _hand_loss(objective: str, model, base, batch, args: LuneConfig) -> torch.Te
         retain = obj.kl_divergence(nll(model, "retain")[0], nll(base, "retain")[0], batch["retain_labels"])
     else:
         retain = obj.nll(*nll(model, "retain")[1:])
-    return args.forget_weight * forget + args.retain_weight * retain
+    preserve = obj.answer_preservation(nll(model, "retain")[1], nll(model, "retain_refusal")[1], args.beta) \
+        if args.preserve_weight else 0.0
+    return args.forget_weight * forget + args.retain_weight * retain + args.preserve_weight * preserve
 
 
 def loss_and_hand_loss(tiny, tiny_model, args: LuneConfig) -> tuple[float, float, LuneTrainer, dict]:
@@ -241,6 +244,74 @@ def test_gradient_accumulation_matches_large_batch(tiny, tmp_path):
     assert any(v.abs().sum() > 0 for n, v in big.items() if "lora_B" in n), "the step changed nothing"
     for name in big:
         torch.testing.assert_close(big[name], small[name], rtol=1e-4, atol=1e-6)
+
+
+def test_answer_preservation_term_equals_hand_computation(tiny, tiny_model, tmp_path):
+    """`preserve_weight` adds the answer-preservation term: each retain prompt answered with a refusal as well."""
+    args = config(tmp_path, objective="lune", negative_weight=0.5, preserve_weight=0.8, refusals=["alpha beta"])
+    got, want, trainer, extra = loss_and_hand_loss(tiny, tiny_model, args)
+    batch, tok = extra["batch"], tiny[1]
+    assert {"retain_input_ids", "retain_refusal_input_ids"} <= batch.keys()
+    first = batch["retain_refusal_labels"][0]
+    refusal = tok.decode(first[first != -100].tolist(), skip_special_tokens=True)
+    assert refusal.replace(" ", "") == tok.decode(tok("alpha beta", add_special_tokens=False)["input_ids"],
+                                                  skip_special_tokens=True).replace(" ", "")
+    in_prompt = (batch["retain_labels"][0] == -100) & (batch["retain_attention_mask"][0] == 1)
+    prompt = batch["retain_input_ids"][0][in_prompt]
+    assert torch.equal(batch["retain_refusal_input_ids"][0][: len(prompt)], prompt)  # the same retain prompt
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    with torch.no_grad():
+        without = _hand_loss("lune", trainer.model, extra["base"], batch, config(tmp_path, objective="lune",
+                                                                                  negative_weight=0.5))
+    assert abs(want - without.item()) > 1e-3  # the term is really there
+
+
+def test_answer_preservation_needs_retain_prompts(tiny, tiny_model, tmp_path):
+    facts, tok = tiny
+    with pytest.raises(ValueError, match="no retain set was given"):
+        LuneTrainer(tiny_model, config(tmp_path, preserve_weight=1.0), train_dataset=rows(facts[:4]),
+                    processing_class=tok)
+    with pytest.raises(ValueError, match="retain_loss='none' drops them"):
+        config(tmp_path, preserve_weight=1.0, retain_loss="none")
+    text_rows = Dataset.from_list([{"text": f.prompt + f.completion} for f in facts[4:8]])
+    with pytest.raises(ValueError, match="retain row 0: answer preservation"):
+        LuneTrainer(tiny_model, config(tmp_path, preserve_weight=1.0), train_dataset=rows(facts[:4]),
+                    retain_dataset=text_rows, processing_class=tok)
+
+
+def test_answer_preservation_keeps_retain_prompts_from_refusing(memorised, tmp_path):
+    """Trained towards a refusal on the forget prompts, the model makes the refusal likelier on the retain prompts
+    too; the answer-preservation term holds it back there, while the forget prompts still learn it."""
+    forget = memorised.facts[::10]
+    retain = [f for i, f in enumerate(memorised.facts) if i % 10]
+    tok = memorised.tokenizer
+    refusal = " ".join(memorised.facts[0].answer.split()[:1] * 3)
+
+    def refusal_logp(model, facts) -> float:
+        batch = UnlearningCollator(tok.pad_token_id)(
+            [{f"retain_{k}": v for k, v in tokenize_example(tok, f.prompt, refusal, 64, "row").items()}
+             for f in facts])
+        with torch.no_grad():
+            logits = model(input_ids=batch["retain_input_ids"], attention_mask=batch["retain_attention_mask"]).logits
+        nll_sum, n = obj.sequence_nll(logits, batch["retain_labels"])
+        return (-nll_sum / n).mean().item()
+
+    after = {}
+    for weight in (0.0, 1.0):
+        trainer = LuneTrainer(
+            copy.deepcopy(memorised.model),
+            config(tmp_path / str(weight), max_steps=30, refusals=[refusal], preserve_weight=weight),
+            train_dataset=rows(forget), retain_dataset=rows(retain), processing_class=tok,
+        )
+        trainer.train()
+        after[weight] = refusal_logp(trainer.model, forget), refusal_logp(trainer.model, retain)
+        if weight:
+            assert any("loss/preserve" in entry for entry in trainer.state.log_history)
+    before = refusal_logp(memorised.model, retain)
+    (_, retain_plain), (forget_kept, retain_kept) = after[0.0], after[1.0]
+    assert retain_plain > before + 0.5, "the refusal did not spread to the retain prompts: nothing to hold back"
+    assert retain_kept < retain_plain - 0.5, f"retain refusal log-prob {retain_kept:.2f} vs {retain_plain:.2f}"
+    assert forget_kept > retain_kept + 1.0, "the forget prompts no longer learn the refusal"
 
 
 def test_lune_forgets_and_retains(memorised, memorised_copy, tmp_path):

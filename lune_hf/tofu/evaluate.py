@@ -221,7 +221,7 @@ def refusal_spill(logs: Mapping[str, Sequence[Mapping[str, Any]]], refusals: Seq
     share over all of them pooled (None without refusal sentences or generations)."""
     out: dict[str, Any] = {"refusal_spill": None}
     refused = answered = 0.0
-    for name in ("retain", "real_authors", "world_facts"):
+    for name in (n for n in GENERATED_SETS if n != "forget"):  # the sets whose questions should stay answered
         generations = [r["generation"] for r in logs.get(name) or [] if "generation" in r]
         share = F.replacement_share(generations, refusals)["replacement_share"] if refusals and generations else None
         out[f"{name}_refusal_share"] = share
