@@ -224,12 +224,10 @@ class LuneConfig(TrainingArguments):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}.")
-        if self.forget_weight < 0 or self.retain_weight < 0 or self.negative_weight < 0:
-            raise ValueError(f"forget_weight, retain_weight and negative_weight must be >= 0 (a negative weight turns "
-                             f"the term's direction around), got {self.forget_weight}, {self.retain_weight} and "
-                             f"{self.negative_weight}.")
-        if self.preserve_weight < 0:
-            raise ValueError(f"preserve_weight must be >= 0, got {self.preserve_weight}.")
+        for name in ("forget_weight", "retain_weight", "negative_weight", "preserve_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (a negative weight turns the term's direction around), got "
+                                 f"{getattr(self, name)}.")
         if self.preserve_weight > 0 and self.retain_loss == "none":
             raise ValueError("preserve_weight > 0 works on the retain rows, but retain_loss='none' drops them: use "
                              "retain_loss='nll' or 'kl', or preserve_weight=0.")

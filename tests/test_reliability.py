@@ -265,7 +265,8 @@ def test_9_bad_values_name_the_row_and_column_before_the_model_loads(data, row, 
 @pytest.mark.parametrize("field, value, message", [
     ("beta", math.nan, "beta must be a finite number"),
     ("retain_weight", math.inf, "retain_weight must be a finite number"),
-    ("retain_weight", -1.0, "must be >= 0"),
+    ("retain_weight", -1.0, "retain_weight must be >= 0"),
+    ("preserve_weight", -0.5, "preserve_weight must be >= 0"),
     ("max_steps", 0, "max_steps=0 would train nothing"),
 ])
 def test_9_bad_settings_are_refused_by_the_config(tmp_path, field, value, message):
