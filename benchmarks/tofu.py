@@ -100,6 +100,7 @@ class Setup:
     prompt_format: str = "chat"
     threads: int | None = None
     retain_authors: tuple[int, ...] | None = None
+    checkpoint_steps: int | None = None  # fine-tuning saves a resumable checkpoint this often (None: never)
 
     def describe(self) -> str:
         if self.retain_authors:
@@ -129,14 +130,14 @@ SETUPS = {
     "cpu": Setup("cpu", n_authors=None, retain_authors=tuple(range(20)), forget_splits=("forget01", "forget05"),
                  max_length=256, finetune_epochs=4, finetune_lr=1e-4, finetune_batch=8, finetune_accum=1,
                  unlearn_epochs=5, unlearn_batch=8, unlearn_accum=1, max_eval_rows=None, max_new_tokens=200,
-                 eval_batch=32, threads=1),
+                 eval_batch=32, threads=1, checkpoint_steps=25),
     "full": Setup("full", n_authors=None, forget_splits=("forget01", "forget05", "forget10"), max_length=512,
                   finetune_epochs=5, finetune_lr=1e-5, finetune_batch=8, finetune_accum=4, unlearn_epochs=10,
                   unlearn_batch=8, unlearn_accum=4, max_eval_rows=None, max_new_tokens=200, eval_batch=32),
     # A pipeline check in about a minute with a tiny model (numbers meaningless).
     "smoke": Setup("smoke", n_authors=3, forget_splits=("forget01",), max_length=128, finetune_epochs=1,
                    finetune_lr=1e-4, finetune_batch=8, finetune_accum=1, unlearn_epochs=1, unlearn_batch=8,
-                   unlearn_accum=1, max_eval_rows=4, max_new_tokens=8, eval_batch=16, threads=1),
+                   unlearn_accum=1, max_eval_rows=4, max_new_tokens=8, eval_batch=16, threads=1, checkpoint_steps=4),
 }
 
 
@@ -267,20 +268,39 @@ class Benchmark:
                                      "pass --fresh.")
                 log(f"{name}: cached model in {folder} ({info['wall_s']:.0f} s when trained)")
                 return folder, info
-            log(f"{name}: fine-tuning on {len(rows)} rows ...")
-            if folder.exists():
+            # A fine-tuning stopped part-way left checkpoints (and its settings) behind: go on from the last one.
+            partial = folder / "lune_tofu_partial.json"
+            earlier = json.loads(partial.read_text()) if partial.is_file() else {}
+            if earlier.get("settings") != settings and folder.exists():
                 shutil.rmtree(folder)
+            resumed = any(folder.glob("checkpoint-*"))
+            log(f"{name}: fine-tuning on {len(rows)} rows{' (resuming from its last checkpoint)' if resumed else ''}"
+                " ...")
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(partial, {"settings": settings, "wall_s": earlier.get("wall_s", 0.0)})
             s = self.setup
             with PeakMemory() as mem:
+                from transformers import TrainerCallback
+
+                class WallTime(TrainerCallback):
+                    """Keeps the fine-tuning time spent up to the last checkpoint, for a resumed run's wall time."""
+
+                    def on_save(self, args, state, control, **kwargs):
+                        spent = earlier.get("wall_s", 0.0) + time.perf_counter() - mem.started
+                        write_json_atomic(partial, {"settings": settings, "wall_s": spent})
+
                 model = self.load(self.model_path)
                 examples = self.template.encode_rows(self.tokenizer(), rows, s.max_length)
                 finetune(model, self.tokenizer(), examples, folder, epochs=s.finetune_epochs,
                          learning_rate=s.finetune_lr, batch_size=s.finetune_batch, grad_accum=s.finetune_accum,
-                         max_length=s.max_length, disable_tqdm=False)
+                         max_length=s.max_length, checkpoint_steps=s.checkpoint_steps,
+                         callbacks=[WallTime()], disable_tqdm=False)
             del model
-            info = {"settings": settings, "wall_s": mem.seconds, "peak_mem_mb": mem.peak_mb, "rows": len(rows)}
+            info = {"settings": settings, "wall_s": earlier.get("wall_s", 0.0) + mem.seconds,
+                    "peak_mem_mb": mem.peak_mb, "rows": len(rows), "resumed": resumed}
+            partial.unlink()
             write_json_atomic(marker, info)
-        log(f"{name}: trained in {mem.seconds:.0f} s, peak {mem.peak_mb:.0f} MB")
+        log(f"{name}: trained in {info['wall_s']:.0f} s, peak {mem.peak_mb:.0f} MB")
         return folder, info
 
     # ---- rows ----
@@ -758,6 +778,7 @@ class PeakMemory:
     interval_s: float = 0.1
     peak_mb: float = 0.0
     seconds: float = 0.0
+    started: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def _rss_mb(self) -> float:
@@ -776,7 +797,7 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         import torch
 
-        self._start = time.perf_counter()
+        self.started = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         else:
@@ -788,7 +809,7 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         import torch
 
-        self.seconds = time.perf_counter() - self._start
+        self.seconds = time.perf_counter() - self.started
         if torch.cuda.is_available():
             self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
         else:

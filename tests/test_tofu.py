@@ -203,6 +203,53 @@ def test_evaluate_tofu_end_to_end(tiny_tofu):
     assert again["privleak"] == pytest.approx(0.0, abs=1e-6)
 
 
+
+class _Killed(Exception):
+    """Stands for a fine-tuning process killed part-way."""
+
+
+def test_finetune_resumes_from_its_last_checkpoint(tiny_tofu, tmp_path):
+    """A fine-tuning stopped after its step-2 checkpoint goes on from there and ends with the weights of an
+    uninterrupted run; the checkpoints are gone once the model is saved."""
+    import torch
+    from transformers import TrainerCallback
+
+    from lune_hf.tofu.train import finetune
+
+    sets, _, tokenizer = tiny_tofu
+    examples = TofuTemplate("plain").encode_rows(tokenizer, sets.forget, 64)  # 4 rows: 2 steps an epoch
+
+    def run(folder, **kwargs):
+        model = build_tiny_model(len(tokenizer), hidden_size=32, layers=1, seed=0)
+        return finetune(model, tokenizer, examples, tmp_path / folder, epochs=3, learning_rate=1e-2, batch_size=2,
+                        grad_accum=1, max_length=64, warmup_ratio=0.0, disable_tqdm=True, **kwargs)
+
+    class KillAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise _Killed
+
+    class Steps(TrainerCallback):
+        def __init__(self) -> None:
+            self.done: list[int] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.done.append(state.global_step)
+
+    whole = run("whole")
+    with pytest.raises(_Killed):
+        run("cut", checkpoint_steps=2, callbacks=[KillAtStep3()])
+    assert sorted(p.name for p in (tmp_path / "cut").glob("checkpoint-*")) == ["checkpoint-2"]
+    steps = Steps()
+    resumed = run("cut", checkpoint_steps=2, callbacks=[steps])
+    assert steps.done == [3, 4, 5, 6]  # steps 1-2 came from the checkpoint
+    assert not list((tmp_path / "cut").glob("checkpoint-*"))
+    assert (tmp_path / "cut" / "model.safetensors").is_file()
+    untrained = build_tiny_model(len(tokenizer), hidden_size=32, layers=1, seed=0).state_dict()
+    for name, weight in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], weight, msg=name)
+    assert any(not torch.equal(untrained[n], w) for n, w in whole.state_dict().items())
+
 def _benchmark_module():
     spec = importlib.util.spec_from_file_location("tofu_benchmark", REPO / "benchmarks" / "tofu.py")
     module = importlib.util.module_from_spec(spec)

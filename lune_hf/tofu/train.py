@@ -8,13 +8,16 @@ fine-tuning (answer tokens only in the loss) with a plain `transformers.Trainer`
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..data import ensure_pad_token, pad, split_row, tokenize_example
 from ..objectives import IGNORE_INDEX, OBJECTIVES
@@ -25,6 +28,8 @@ __all__ = [
     "finetune",
     "unlearn",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Per-objective LuneConfig values of the TOFU recipes (each ObjectiveSpec.recommended; LoRA r=16 everywhere).
 # Learning rates are LoRA-sized: open-unlearning's 1e-5 is for full-parameter training, and with LoRA 2e-5 moved
@@ -73,6 +78,8 @@ def finetune(
     warmup_ratio: float = 0.2,
     seed: int = 0,
     save: bool = True,
+    checkpoint_steps: int | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
     **training_args: Any,
 ):
     """Full-parameter SFT on `rows`, loss on answer tokens only.
@@ -82,6 +89,11 @@ def finetune(
 
     TOFU's recipe: 5 epochs, lr 1e-5, effective batch 32, weight decay 0.01, one epoch of warm-up (20% of 5).
     Saves the model and tokenizer to `output_dir` when `save`. Returns the trained model (in eval mode).
+
+    `checkpoint_steps`: save a resumable checkpoint (weights, optimizer, scheduler, RNG states) under
+    `output_dir/checkpoint-N` every that many optimizer steps, and resume from the last one found there: a fine-tuning
+    stopped part-way (killed, out of time) goes on where it stopped and ends with the same weights. The checkpoints
+    are deleted once the model is saved.
     """
     ensure_pad_token(tokenizer)
     if getattr(model.config, "pad_token_id", None) is None:
@@ -97,7 +109,9 @@ def finetune(
         warmup_steps=warmup_ratio,
         lr_scheduler_type="linear",
         logging_steps=5,
-        save_strategy="no",
+        save_strategy="steps" if checkpoint_steps else "no",
+        save_steps=checkpoint_steps or 500,
+        save_total_limit=1,
         report_to="none",
         seed=seed,
         remove_unused_columns=False,
@@ -105,13 +119,20 @@ def finetune(
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         **training_args,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=SftCollator(tokenizer.pad_token_id))
-    trainer.train()
+    trainer = Trainer(model=model, args=args, train_dataset=examples,
+                      data_collator=SftCollator(tokenizer.pad_token_id), callbacks=list(callbacks))
+    last = get_last_checkpoint(str(output_dir)) if checkpoint_steps and Path(output_dir).is_dir() else None
+    if last is not None:
+        logger.info("resuming the fine-tuning from %s", last)
+    trainer.train(resume_from_checkpoint=last)
     model = trainer.model
     model.eval()
     if save:
         model.save_pretrained(str(output_dir))
         tokenizer.save_pretrained(str(output_dir))
+    if checkpoint_steps:
+        for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            shutil.rmtree(folder)
     return model
 
 
