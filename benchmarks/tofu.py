@@ -268,37 +268,18 @@ class Benchmark:
                                      "pass --fresh.")
                 log(f"{name}: cached model in {folder} ({info['wall_s']:.0f} s when trained)")
                 return folder, info
-            # A fine-tuning stopped part-way left checkpoints (and its settings) behind: go on from the last one.
-            partial = folder / "lune_tofu_partial.json"
-            earlier = json.loads(partial.read_text()) if partial.is_file() else {}
-            if earlier.get("settings") != settings and folder.exists():
-                shutil.rmtree(folder)
-            resumed = any(folder.glob("checkpoint-*"))
-            log(f"{name}: fine-tuning on {len(rows)} rows{' (resuming from its last checkpoint)' if resumed else ''}"
-                " ...")
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(partial, {"settings": settings, "wall_s": earlier.get("wall_s", 0.0)})
+            partial = Resumable(folder, settings)
+            log(f"{name}: fine-tuning on {len(rows)} rows{partial.note} ...")
             s = self.setup
             with PeakMemory() as mem:
-                from transformers import TrainerCallback
-
-                class WallTime(TrainerCallback):
-                    """Keeps the fine-tuning time spent up to the last checkpoint, for a resumed run's wall time."""
-
-                    def on_save(self, args, state, control, **kwargs):
-                        spent = earlier.get("wall_s", 0.0) + time.perf_counter() - mem.started
-                        write_json_atomic(partial, {"settings": settings, "wall_s": spent})
-
                 model = self.load(self.model_path)
                 examples = self.template.encode_rows(self.tokenizer(), rows, s.max_length)
                 finetune(model, self.tokenizer(), examples, folder, epochs=s.finetune_epochs,
                          learning_rate=s.finetune_lr, batch_size=s.finetune_batch, grad_accum=s.finetune_accum,
                          max_length=s.max_length, checkpoint_steps=s.checkpoint_steps,
-                         callbacks=[WallTime()], disable_tqdm=False)
+                         callbacks=[partial.callback(mem)], disable_tqdm=False)
             del model
-            info = {"settings": settings, "wall_s": earlier.get("wall_s", 0.0) + mem.seconds,
-                    "peak_mem_mb": mem.peak_mb, "rows": len(rows), "resumed": resumed}
-            partial.unlink()
+            info = {"settings": settings, **partial.finish(mem), "peak_mem_mb": mem.peak_mb, "rows": len(rows)}
             write_json_atomic(marker, info)
         log(f"{name}: trained in {info['wall_s']:.0f} s, peak {mem.peak_mb:.0f} MB")
         return folder, info
@@ -510,15 +491,17 @@ class Benchmark:
             log(f"{split}/{spec}: cached adapter in {out} ({fmt(train['wall_s'], 0)} s when trained); evaluating ...")
             model = PeftModel.from_pretrained(self.load(ft_dir), str(out))
         else:
-            log(f"{split}/{spec}: unlearning {len(forget)} forget rows (retain {len(retain_rows)}) ...")
+            partial = Resumable(out, train_key)
+            log(f"{split}/{spec}: unlearning {len(forget)} forget rows (retain {len(retain_rows)}){partial.note} ...")
             with PeakMemory() as mem:
                 model = self.load(ft_dir)
                 model = unlearn(model, self.tokenizer(), forget, retain_rows, objective, out,
                                 refusals=sets.refusals, epochs=s.unlearn_epochs, batch_size=s.unlearn_batch,
-                                grad_accum=s.unlearn_accum, max_length=s.max_length, overrides=overrides)
-            train = {"train_digest": train_key, "wall_s": mem.seconds, "peak_mem_mb": mem.peak_mb}
+                                grad_accum=s.unlearn_accum, max_length=s.max_length, overrides=overrides,
+                                checkpoint_steps=s.checkpoint_steps, callbacks=[partial.callback(mem)])
+            train = {"train_digest": train_key, **partial.finish(mem), "peak_mem_mb": mem.peak_mb}
             write_json_atomic(marker, train)
-            log(f"{split}/{spec}: unlearned in {mem.seconds:.0f} s, peak {mem.peak_mb:.0f} MB; evaluating ...")
+            log(f"{split}/{spec}: unlearned in {train['wall_s']:.0f} s, peak {mem.peak_mb:.0f} MB; evaluating ...")
         model = model.merge_and_unload()
         result, eval_s = self.evaluate(model, sets, reference, targets)
         return self.make_row(split, objective, spec, result, train, eval_s, settings)
@@ -766,6 +749,45 @@ def render_scatter(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+class Resumable:
+    """A training stage that can stop part-way and resume from its checkpoints in `folder`.
+
+    Its settings and the time spent up to its last checkpoint are kept in ``folder/lune_tofu_partial.json``; a folder
+    left by a run with other settings (or a stale finished one) is cleared first. `note` says whether this run
+    resumes; `finish` gives the stage's wall time (earlier runs included) and drops the bookkeeping.
+    """
+
+    def __init__(self, folder: Path, settings: Any) -> None:
+        self.path, self.settings = folder / "lune_tofu_partial.json", settings
+        earlier = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if earlier.get("settings") != settings:
+            earlier = {}
+            if folder.exists():
+                shutil.rmtree(folder)
+        self.spent_before = float(earlier.get("wall_s", 0.0))
+        self.resumed = any(folder.glob("checkpoint-*"))
+        self.note = " (resuming from its last checkpoint)" if self.resumed else ""
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, {"settings": settings, "wall_s": self.spent_before})
+
+    def callback(self, mem: PeakMemory):
+        """A TrainerCallback that records the time spent whenever a checkpoint is saved."""
+        from transformers import TrainerCallback
+
+        stage = self
+
+        class RecordTime(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                spent = stage.spent_before + time.perf_counter() - mem.started
+                write_json_atomic(stage.path, {"settings": stage.settings, "wall_s": spent})
+
+        return RecordTime()
+
+    def finish(self, mem: PeakMemory) -> dict[str, Any]:
+        self.path.unlink()
+        return {"wall_s": self.spent_before + mem.seconds, "resumed": self.resumed}
 
 
 @dataclass

@@ -317,3 +317,23 @@ def test_benchmark_objective_specs():
     assert module.base_variant("npo[seed=1]") == "npo"
     assert module.with_seed("npo", 0) == "npo" and module.with_seed("npo", 2) == "npo[seed=2]"
     assert module.with_seed("npo[learning_rate=1e-3]", 1) == "npo[learning_rate=1e-3,seed=1]"
+
+
+def test_benchmark_stage_resumes_only_its_own_checkpoints(tmp_path):
+    """A stopped stage's checkpoints are kept for a run with the same settings (its earlier time counted) and
+    cleared for a run with other settings."""
+    module = _benchmark_module()
+    folder = tmp_path / "stage"
+    first = module.Resumable(folder, {"lr": 1})
+    assert not first.resumed and first.spent_before == 0.0
+    (folder / "checkpoint-25").mkdir()
+    module.write_json_atomic(first.path, {"settings": {"lr": 1}, "wall_s": 120.0})  # what on_save records
+
+    again = module.Resumable(folder, {"lr": 1})
+    assert again.resumed and again.spent_before == 120.0 and "resuming" in again.note
+    mem = module.PeakMemory(seconds=30.0)
+    assert again.finish(mem) == {"wall_s": 150.0, "resumed": True} and not again.path.exists()
+
+    module.write_json_atomic(again.path, {"settings": {"lr": 1}, "wall_s": 120.0})
+    other = module.Resumable(folder, {"lr": 2})
+    assert not other.resumed and other.spent_before == 0.0 and not (folder / "checkpoint-25").exists()

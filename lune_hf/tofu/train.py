@@ -109,9 +109,7 @@ def finetune(
         warmup_steps=warmup_ratio,
         lr_scheduler_type="linear",
         logging_steps=5,
-        save_strategy="steps" if checkpoint_steps else "no",
-        save_steps=checkpoint_steps or 500,
-        save_total_limit=1,
+        **_checkpointing(checkpoint_steps),
         report_to="none",
         seed=seed,
         remove_unused_columns=False,
@@ -121,18 +119,13 @@ def finetune(
     )
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=SftCollator(tokenizer.pad_token_id), callbacks=list(callbacks))
-    last = get_last_checkpoint(str(output_dir)) if checkpoint_steps and Path(output_dir).is_dir() else None
-    if last is not None:
-        logger.info("resuming the fine-tuning from %s", last)
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=_last_checkpoint(output_dir, checkpoint_steps))
     model = trainer.model
     model.eval()
     if save:
         model.save_pretrained(str(output_dir))
         tokenizer.save_pretrained(str(output_dir))
-    if checkpoint_steps:
-        for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-            shutil.rmtree(folder)
+    _drop_checkpoints(output_dir, checkpoint_steps)
     return model
 
 
@@ -152,11 +145,13 @@ def unlearn(
     seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
     callbacks: Sequence[Any] = (),
+    checkpoint_steps: int | None = None,
 ):
     """Unlearn `forget` (lune_hf rows) with `objective` via :class:`lune_hf.LuneTrainer`; save the adapter.
 
     Settings come from :data:`OBJECTIVE_SETTINGS` (learning rate, beta, whether the retain set is used),
-    updated with `overrides` (any `LuneConfig` field, plus ``retain``). Returns the trained `PeftModel`.
+    updated with `overrides` (any `LuneConfig` field, plus ``retain``). `checkpoint_steps`: as in :func:`finetune`
+    (resumable checkpoints, resumed from, deleted at the end). Returns the trained `PeftModel`.
     """
     from ..config import LuneConfig
     from ..trainer import LuneTrainer
@@ -182,11 +177,35 @@ def unlearn(
         # (`name[stop_when_forgotten=true,forget_eval_steps=...]`).
         "stop_when_forgotten": False,
         "forget_eval_steps": 0,
+        **_checkpointing(checkpoint_steps),
     }
     config = LuneConfig(**(values | settings))  # the overrides win, e.g. num_train_epochs or retain_loss="kl"
     trainer = LuneTrainer(model, config, train_dataset=forget, retain_dataset=retain if use_retain else None,
                           processing_class=tokenizer, callbacks=list(callbacks))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=_last_checkpoint(output_dir, checkpoint_steps))
     trainer.save_model()
+    _drop_checkpoints(output_dir, checkpoint_steps)
     trainer.model.eval()
     return trainer.model
+
+
+def _checkpointing(checkpoint_steps: int | None) -> dict[str, Any]:
+    """TrainingArguments of a run that keeps one resumable checkpoint every `checkpoint_steps` (None: none)."""
+    if not checkpoint_steps:
+        return {"save_strategy": "no"}
+    return {"save_strategy": "steps", "save_steps": checkpoint_steps, "save_total_limit": 1}
+
+
+def _last_checkpoint(output_dir: str | Path, checkpoint_steps: int | None) -> str | None:
+    """The checkpoint a checkpointed run resumes from: the last one in `output_dir`, if any."""
+    last = get_last_checkpoint(str(output_dir)) if checkpoint_steps and Path(output_dir).is_dir() else None
+    if last is not None:
+        logger.info("resuming from %s", last)
+    return last
+
+
+def _drop_checkpoints(output_dir: str | Path, checkpoint_steps: int | None) -> None:
+    """Delete a finished run's checkpoints (its final weights are saved beside them)."""
+    if checkpoint_steps:
+        for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            shutil.rmtree(folder)
