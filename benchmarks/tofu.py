@@ -724,18 +724,24 @@ def render_scatter(rows: list[dict[str, Any]], path: Path) -> None:
     splits = sorted({g["split"] for g in grouped})
     if not splits:
         return
-    fig, axes = plt.subplots(1, len(splits), figsize=(6.5 * len(splits), 5), squeeze=False)
+    # Points carry a number; the key under each panel names the row (variant names are too long to print beside
+    # points that sit close together).
+    most = max(sum(g["split"] == split for g in grouped) for split in splits)
+    fig, axes = plt.subplots(1, len(splits), figsize=(7.5 * len(splits), 5 + 0.16 * most), squeeze=False)
     for ax, split in zip(axes[0], splits, strict=True):
         entries = [g for g in grouped if g["split"] == split]
         finetuned = next((g["model_utility"] for g in entries if g["objective"] == "finetuned"), None)
-        for g in entries:
+        key = []
+        for number, g in enumerate(entries, start=1):
             colour = {"finetuned": "black", "retain": "grey", "lune": "tab:red"}.get(g["objective"], "tab:blue")
             marker = "s" if g["objective"] in ("finetuned", "retain") else ("*" if g["objective"] == "lune" else "o")
             ax.errorbar(g["model_utility"], max(g["forget_quality"], 1e-12), xerr=g.get("model_utility_std"),
                         yerr=g.get("forget_quality_std"), fmt=marker, color=colour, ms=9 if marker == "*" else 6,
                         alpha=0.5 if g["quick"] else 1.0)
-            ax.annotate(g["variant"] + (" (quick)" if g["quick"] else ""), (g["model_utility"],
-                        max(g["forget_quality"], 1e-12)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(str(number), (g["model_utility"], max(g["forget_quality"], 1e-12)), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+            key.append(f"{number}: {g['variant']}" + (" (quick)" if g["quick"] else ""))
+        ax.text(0, -0.12, "\n".join(key), transform=ax.transAxes, fontsize=6.5, va="top", family="monospace")
         if split in TARGETS and finetuned:
             fq, utility, _ = TARGETS[split]
             ax.axhspan(fq, 1.5, xmin=0, xmax=1, alpha=0.05, color="green")
@@ -744,10 +750,10 @@ def render_scatter(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("model utility")
         ax.set_ylabel("forget quality (KS p-value, log)")
-        ax.set_title(f"TOFU {split}: up and right is better (target: above and right of the dashed lines)",
-                     fontsize=8)
+        ax.set_title(f"TOFU {split}: up and right is better\n(target: above and right of the dashed lines)",
+                     fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the key under the panels included
     plt.close(fig)
 
 
