@@ -100,7 +100,7 @@ class Setup:
     prompt_format: str = "chat"
     threads: int | None = None
     retain_authors: tuple[int, ...] | None = None
-    checkpoint_steps: int | None = None  # fine-tuning saves a resumable checkpoint this often (None: never)
+    checkpoint_steps: int | None = None  # training stages save a resumable checkpoint this often (None: never)
 
     def describe(self) -> str:
         if self.retain_authors:
