@@ -48,6 +48,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ OPEN_UNLEARNING_LLAMA_1B = {
                  ("IdkDPO", "1.12e-05", "0.07", "0.62"), ("NPO", "0.14", "0.45", "0.70"),
                  ("SimNPO", "5.01e-100", "0.58", "4.19e-03"), ("RMU", "4.87e-10", "0.58", "0.77")],
 }
+GENERAL_QUESTIONS = Path(__file__).resolve().parent / "data" / "general_questions.txt"
 # The issue's bar per split: forget quality, share of the finetuned model's utility, replacement share.
 TARGETS = {"forget01": (0.5, 0.95, 0.9), "forget05": (0.1, 0.95, None)}
 
@@ -294,9 +296,10 @@ class Benchmark:
     def key(self, split: str, variant: str) -> str:
         return f"{split}/{variant}" + (f"@{self.mode}" if self.mode else "")
 
-    def row_path(self, split: str, variant: str) -> Path:
+    def row_path(self, split: str, variant: str, mode: str | None = None) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in variant)
-        return self.cache / "rows" / (f"{split}__{safe}" + (f"__{self.mode}" if self.mode else "") + ".json")
+        mode = self.mode if mode is None else mode
+        return self.cache / "rows" / (f"{split}__{safe}" + (f"__{mode}" if mode else "") + ".json")
 
     def cached_row(self, split: str, variant: str, settings: dict[str, Any]) -> dict[str, Any] | None:
         path = self.row_path(split, variant)
@@ -312,11 +315,12 @@ class Benchmark:
         self.rows[self.key(row["split"], row["variant"])] = row
         self.write_results()
 
-    def reference_row(self, split: str, name: str, folder: Path, info: dict[str, Any], sets,
+    def reference_row(self, split: str, name: str, model: Callable[[], tuple[Path, dict[str, Any]]], sets,
                       settings: dict[str, Any], wait: bool = True) -> dict[str, Any] | None:
         """The retain / finetuned row, evaluated once even when two runs share the cache (a lock per row), without
-        a reference (:meth:`with_reference` adds forget quality and privleak). With `wait=False`: None while
-        another run is evaluating it."""
+        a reference (:meth:`with_reference` adds forget quality and privleak). `model()` gives the model's folder
+        and training info, and is called only when the row must be evaluated (a finished row needs no model).
+        With `wait=False`: None while another run is evaluating it."""
         import fcntl
 
         from lune_hf.tofu.evaluate import against_reference
@@ -331,6 +335,7 @@ class Benchmark:
                 return None
             row = self.cached_row(split, name, settings)
             if row is None:
+                folder, info = model()
                 log(f"{split}/{name}: evaluating ...")
                 result, eval_s = self.evaluate(self.load(folder), sets, None)
                 if name == "retain":  # against itself: forget quality 1.0, privleak 0
@@ -416,15 +421,20 @@ class Benchmark:
                 continue
             # The retain row's forget truth ratios and MIA AUC are the reference of every forget quality and
             # privleak. Two runs sharing the cache evaluate the two reference rows side by side.
-            rt_dir, rt_info = self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
+            def retain_model(split=split, sets=sets, rt_name=rt_name):
+                return self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
+
+            def finetuned_model(split=split, sets=sets, ft_name=ft_name):
+                return self.trained_model(ft_name, sets.full, {**base, "rows": f"retain + forget of {split}"})
+
             rt_settings = {**base, **eval_settings, "stage": "retain"}
-            retain_row = self.reference_row(split, "retain", rt_dir, rt_info, sets, rt_settings, wait=False)
-            ft_dir, ft_info = self.trained_model(ft_name, sets.full, {**base, "rows": f"retain + forget of {split}"})
+            retain_row = self.reference_row(split, "retain", retain_model, sets, rt_settings, wait=False)
+            ft_dir, _ = finetuned_model()
             ft_settings = {**base, **eval_settings, "stage": "finetuned"}
-            finetuned_row = self.reference_row(split, "finetuned", ft_dir, ft_info, sets, ft_settings,
+            finetuned_row = self.reference_row(split, "finetuned", finetuned_model, sets, ft_settings,
                                                wait=retain_row is None)
             if retain_row is None:
-                retain_row = self.reference_row(split, "retain", rt_dir, rt_info, sets, rt_settings)
+                retain_row = self.reference_row(split, "retain", retain_model, sets, rt_settings)
             reference = {"forget_truth_ratios": retain_row["forget_truth_ratios"], "mia_min_k": retain_row["mia_min_k"]}
             if finetuned_row is not None:
                 self.with_reference(finetuned_row, reference)
@@ -456,7 +466,7 @@ class Benchmark:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
             if finetuned_row is None:
-                self.with_reference(self.reference_row(split, "finetuned", ft_dir, ft_info, sets, ft_settings),
+                self.with_reference(self.reference_row(split, "finetuned", finetuned_model, sets, ft_settings),
                                     reference)
         log(f"done in {time.perf_counter() - self.started:.0f} s; results in {self.json_path}")
 
@@ -468,6 +478,11 @@ class Benchmark:
         overrides = dict(overrides)
         forget = forget_rows
         replacement = overrides.pop("replacement", "refusal")
+        anchor = overrides.pop("anchor", None)
+        if anchor == "general":
+            retain_rows = with_anchor(retain_rows, self.anchor_rows(split, ft_dir, sets))
+        elif anchor is not None:
+            raise ValueError(f"anchor={anchor!r}: use general (or leave it out)")
         targets = None  # what replacement_share counts as intended answers (default: the refusal sentences)
         if replacement == "perturbed":
             answers = [p[i % len(p)].strip() for i, p in enumerate(sets.forget["perturbed_answer"])]
@@ -527,6 +542,35 @@ class Benchmark:
         write_json_atomic(path, answers)
         return answers
 
+    def anchor_rows(self, split: str, ft_dir: Path, sets):
+        """The finetuned model's own greedy answers to :data:`GENERAL_QUESTIONS` as lune_hf rows, cached.
+
+        Extra retain rows for ``anchor=general``: the TOFU retain set holds fictitious authors only, so nothing
+        else keeps the model's answers to general questions (real authors, world facts) while the adapter learns
+        to refuse. Answering them with the model's own words (self-distillation) needs no answer key and takes no
+        row of TOFU's evaluation sets (:func:`general_questions` checks).
+        """
+        from datasets import Dataset
+
+        from lune_hf.evaluation import generate_answers
+        from lune_hf.tofu.data import make_completion, make_prompt
+
+        questions = general_questions(sets.eval_sets.values())
+        path = self.cache / f"anchor_answers_{split}.json"
+        key = digest({"questions": questions, "model": str(ft_dir), "max_new_tokens": self.setup.max_new_tokens})
+        cached = json.loads(path.read_text()) if path.is_file() else None
+        if cached is None or cached.get("key") != key:
+            log(f"{split}: the finetuned model answers {len(questions)} general questions (anchor rows) ...")
+            prompts = [make_prompt(q, self.setup.prompt_format) for q in questions]
+            answers = generate_answers(self.load(ft_dir), self.tokenizer(), prompts,
+                                       max_new_tokens=self.setup.max_new_tokens, batch_size=self.setup.eval_batch,
+                                       progress=True)
+            cached = {"key": key, "questions": questions, "answers": [a.strip() for a in answers]}
+            write_json_atomic(path, cached)
+        fmt_ = self.setup.prompt_format
+        return Dataset.from_list([{"prompt": make_prompt(q, fmt_), "completion": make_completion(a, fmt_)}
+                                  for q, a in zip(cached["questions"], cached["answers"], strict=True) if a])
+
     # ---- output ----
 
     @property
@@ -539,6 +583,21 @@ class Benchmark:
         return sorted(self.rows.values(), key=lambda r: (
             r["split"], order.index(r["objective"]) if r["objective"] in order else len(order),
             r["variant"] != r["objective"], r["variant"]))
+
+    def restore_rows(self) -> int:
+        """Put the rows of the results file back into an empty stage cache (a new machine, a cleared cache), so a
+        run evaluates only what is missing: a restored row is used only where its settings digest matches this
+        run's. Returns how many rows were restored."""
+        if not self.json_path.is_file():
+            return 0
+        restored = 0
+        for row in json.loads(self.json_path.read_text()):
+            n = row["settings"].get("max_eval_rows")
+            path = self.row_path(row["split"], row["variant"], f"quick{n}" if n is not None else "")
+            if not path.is_file():
+                write_json_atomic(path, row)
+                restored += 1
+        return restored
 
     def load_cached_rows(self) -> None:
         """Every finished row in the cache with this setup's settings: earlier runs' and those of a run beside this
@@ -558,6 +617,25 @@ class Benchmark:
         self.json_path.with_suffix(".md").write_text(render_markdown(self.setup, rows, self.data, self.model_path),
                                                      encoding="utf-8")
         render_scatter(rows, self.json_path.with_suffix(".png"))
+
+
+def general_questions(eval_sets=(), path: Path = GENERAL_QUESTIONS) -> list[str]:
+    """The general questions of `path` (one per line, ``#`` comments); refuses any that an evaluation set asks."""
+    questions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")]
+    asked = {q.strip().casefold() for rows in eval_sets for q in rows["question"]}
+    overlap = [q for q in questions if q.casefold() in asked]
+    if overlap:
+        raise ValueError(f"{path}: {len(overlap)} question(s) belong to a TOFU evaluation set, e.g. {overlap[0]!r}; "
+                         "remove them (training on evaluation questions would inflate model utility).")
+    return questions
+
+
+def with_anchor(retain_rows, anchor_rows):
+    """The retain rows followed by the anchor rows (prompt and completion columns only)."""
+    from datasets import concatenate_datasets
+
+    return concatenate_datasets([retain_rows.select_columns(["prompt", "completion"]), anchor_rows])
 
 
 def summary(row: dict[str, Any]) -> str:
@@ -912,6 +990,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Benchmark(setup, args.data, args.model, cache, args.results_dir, objectives,
                       list(args.splits or setup.forget_splits))
     bench.models_only = args.models_only
+    restored = bench.restore_rows()
+    if restored:
+        log(f"{restored} row(s) of {bench.json_path} restored into the cache {cache}")
     if args.report_only:
         bench.write_results()
         log(f"results in {bench.json_path}")

@@ -337,3 +337,84 @@ def test_benchmark_stage_resumes_only_its_own_checkpoints(tmp_path):
     module.write_json_atomic(again.path, {"settings": {"lr": 1}, "wall_s": 120.0})
     other = module.Resumable(folder, {"lr": 2})
     assert not other.resumed and other.spent_before == 0.0 and not (folder / "checkpoint-25").exists()
+
+
+def test_benchmark_general_questions_refuse_evaluation_questions(tmp_path):
+    """The anchor questions train the model: one that an evaluation set asks is refused, naming the file."""
+    module = _benchmark_module()
+    questions = module.general_questions()
+    assert len(questions) >= 50 and len(set(questions)) == len(questions)
+    assert not any(q.startswith("#") for q in questions)
+    evaluation = Dataset.from_dict({"question": ["What is the capital of Australia?", questions[3].upper()]})
+    with pytest.raises(ValueError, match=r"general_questions\.txt: 1 question\(s\) belong to a TOFU evaluation set"):
+        module.general_questions([evaluation])
+    own = tmp_path / "q.txt"
+    own.write_text("# comment\nWhat is 2 + 2?\n\n", encoding="utf-8")
+    assert module.general_questions([evaluation], own) == ["What is 2 + 2?"]
+
+    retain = to_rows(Dataset.from_dict({"question": ["q1"], "answer": ["a1"], "author": [3]}))
+    anchor = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+                                 "completion": [{"role": "assistant", "content": "4"}]}])
+    both = module.with_anchor(retain, anchor)
+    assert both.column_names == ["prompt", "completion"] and len(both) == 2
+    assert both[1]["completion"][0]["content"] == "4" and both[0]["completion"][0]["content"] == "a1"
+
+
+def test_benchmark_restores_rows_and_trains_no_model_for_a_finished_row(tmp_path):
+    """A cleared cache gets the results file's rows back; a reference row found there needs no model, one that
+    is missing trains it; rows of other settings are restored but not used."""
+    module = _benchmark_module()
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    bench = module.Benchmark(module.SETUPS["cpu"], "data", "model", cache, results, [], ["forget01"])
+    settings = {**bench.base_settings(), "max_eval_rows": None, "stage": "retain"}
+    row = {"split": "forget01", "variant": "retain", "objective": "retain", "seed": 0, "quick": False,
+           "settings": settings, "settings_digest": module.digest(settings), "forget_quality": 1.0,
+           "model_utility": 0.3, "forget_rouge": 0.4, "retain_rouge": 0.5, "privleak": 0.0, "replacement_share": 0.0,
+           "refusal_spill": 0.0, "forget_truth_ratio": 0.7, "wall_s": 1.0, "peak_mem_mb": 1.0, "eval_s": 1.0,
+           "eval_rows": {"forget": 40, "retain": 400}}
+    quick = {**row, "variant": "finetuned", "settings": {**settings, "max_eval_rows": 4}}
+    module.write_json_atomic(bench.json_path, [row, quick])
+
+    assert bench.restore_rows() == 2 and bench.restore_rows() == 0
+    assert bench.row_path("forget01", "retain", "").is_file()
+    assert bench.row_path("forget01", "finetuned", "quick4").is_file()
+
+    def no_model():
+        raise AssertionError("a finished row must not train its model")
+
+    assert bench.reference_row("forget01", "retain", no_model, None, settings)["model_utility"] == 0.3
+    trained = []
+
+    def model():
+        trained.append(1)
+        raise RuntimeError("training")
+
+    with pytest.raises(RuntimeError, match="training"):  # other settings: the row is recomputed
+        bench.reference_row("forget01", "retain", model, None, {**settings, "epochs": 99})
+    assert trained == [1]
+
+
+def test_benchmark_anchor_rows_are_the_finetuned_models_own_answers(tiny_tofu, tmp_path):
+    """anchor=general: the finetuned model's greedy answers to the general questions, generated once and cached."""
+    import dataclasses
+
+    from lune_hf.evaluation import generate_answers
+    from lune_hf.tofu.data import make_prompt
+
+    module = _benchmark_module()
+    sets, model, tokenizer = tiny_tofu
+    folder = tmp_path / "finetuned"
+    model.save_pretrained(folder)
+    setup = dataclasses.replace(module.SETUPS["cpu"], prompt_format="plain", max_new_tokens=3, eval_batch=16)
+    bench = module.Benchmark(setup, "data", "model", tmp_path / "cache", tmp_path / "results", [], ["forget01"])
+    bench._tokenizer = tokenizer
+    rows = bench.anchor_rows("forget01", folder, sets)
+    questions = module.general_questions()
+    expected = generate_answers(model.eval(), tokenizer, [make_prompt(q, "plain") for q in questions],
+                                max_new_tokens=3)
+    kept = [(q, a.strip()) for q, a in zip(questions, expected, strict=True) if a.strip()]
+    assert len(kept) > len(questions) // 2 and len(rows) == len(kept)
+    assert rows[0]["prompt"] == make_prompt(kept[0][0], "plain") and rows[0]["completion"] == " " + kept[0][1]
+
+    bench.load = lambda _folder: (_ for _ in ()).throw(AssertionError("cached answers are not generated again"))
+    assert bench.anchor_rows("forget01", folder, sets)["completion"] == rows["completion"]
