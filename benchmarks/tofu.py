@@ -32,7 +32,9 @@ Objectives are named as in ``LuneConfig``; ``name[key=value,...]`` runs a varian
 ``LuneConfig`` field, ``retain=false`` to drop the retain set, ``replacement=perturbed`` to give LUNE TOFU's
 perturbed answers as replacement targets instead of refusals - the same wrong answers the truth ratio scores, so
 not a clean result - or ``replacement=base`` for the base model's own greedy answers to the forget questions
-(made-up answers of a model that never saw TOFU)), e.g. ``lune[learning_rate=5e-4,replacement=base]``.
+(made-up answers of a model that never saw TOFU), ``anchor=general`` to add the finetuned model's own answers to the
+general questions of ``benchmarks/data/general_questions.txt`` to the retain rows), e.g.
+``lune[learning_rate=5e-4,replacement=base]``.
 """
 
 from __future__ import annotations
