@@ -293,7 +293,7 @@ class Benchmark:
     @property
     def mode(self) -> str:
         """"" for TOFU's evaluation, "quickN" for the quick mode (its rows are kept apart)."""
-        return f"quick{self.setup.max_eval_rows}" if self.setup.max_eval_rows is not None else ""
+        return eval_mode(self.setup.max_eval_rows)
 
     def key(self, split: str, variant: str) -> str:
         return f"{split}/{variant}" + (f"@{self.mode}" if self.mode else "")
@@ -423,7 +423,7 @@ class Benchmark:
                 continue
             # The retain row's forget truth ratios and MIA AUC are the reference of every forget quality and
             # privleak. Two runs sharing the cache evaluate the two reference rows side by side.
-            def retain_model(split=split, sets=sets, rt_name=rt_name):
+            def retain_model(sets=sets, rt_name=rt_name):
                 return self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
 
             def finetuned_model(split=split, sets=sets, ft_name=ft_name):
@@ -523,23 +523,26 @@ class Benchmark:
         result, eval_s = self.evaluate(model, sets, reference, targets)
         return self.make_row(split, objective, spec, result, train, eval_s, settings)
 
+    def greedy_answers(self, folder: str | Path, questions, max_new_tokens: int) -> list[str]:
+        """Greedy answers of the model in `folder` to `questions`, in the setup's prompt format."""
+        from lune_hf.evaluation import generate_answers
+        from lune_hf.tofu.data import make_prompt
+
+        prompts = [make_prompt(q, self.setup.prompt_format) for q in questions]
+        return generate_answers(self.load(folder), self.tokenizer(), prompts, max_new_tokens=max_new_tokens,
+                                batch_size=self.setup.eval_batch, progress=True)
+
     def base_answers(self, split: str, sets) -> list[str]:
         """Greedy answers of the base model (never fine-tuned on TOFU) to the forget questions, cached.
 
         Plausible but made-up answers, like a model that never saw the forget authors gives: counterfactual
         replacement targets for LUNE that do not come from TOFU's evaluation answers.
         """
-        from lune_hf.evaluation import generate_answers
-        from lune_hf.tofu.data import make_prompt
-
         path = self.cache / f"base_answers_{split}.json"
         if path.is_file():
             return json.loads(path.read_text())
         log(f"{split}: generating the base model's answers to the forget questions (replacement targets) ...")
-        model = self.load(self.model_path)
-        prompts = [make_prompt(q, self.setup.prompt_format) for q in sets.forget["question"]]
-        answers = generate_answers(model, self.tokenizer(), prompts, max_new_tokens=64,
-                                   batch_size=self.setup.eval_batch, progress=True)
+        answers = self.greedy_answers(self.model_path, sets.forget["question"], max_new_tokens=64)
         answers = [a if a.strip() else "I don't know." for a in answers]
         write_json_atomic(path, answers)
         return answers
@@ -554,7 +557,6 @@ class Benchmark:
         """
         from datasets import Dataset
 
-        from lune_hf.evaluation import generate_answers
         from lune_hf.tofu.data import make_completion, make_prompt
 
         questions = general_questions(sets.eval_sets.values())
@@ -563,10 +565,7 @@ class Benchmark:
         cached = json.loads(path.read_text()) if path.is_file() else None
         if cached is None or cached.get("key") != key:
             log(f"{split}: the finetuned model answers {len(questions)} general questions (anchor rows) ...")
-            prompts = [make_prompt(q, self.setup.prompt_format) for q in questions]
-            answers = generate_answers(self.load(ft_dir), self.tokenizer(), prompts,
-                                       max_new_tokens=self.setup.max_new_tokens, batch_size=self.setup.eval_batch,
-                                       progress=True)
+            answers = self.greedy_answers(ft_dir, questions, max_new_tokens=self.setup.max_new_tokens)
             cached = {"key": key, "questions": questions, "answers": [a.strip() for a in answers]}
             write_json_atomic(path, cached)
         fmt_ = self.setup.prompt_format
@@ -594,8 +593,7 @@ class Benchmark:
             return 0
         restored = 0
         for row in json.loads(self.json_path.read_text()):
-            n = row["settings"].get("max_eval_rows")
-            path = self.row_path(row["split"], row["variant"], f"quick{n}" if n is not None else "")
+            path = self.row_path(row["split"], row["variant"], eval_mode(row["settings"].get("max_eval_rows")))
             if not path.is_file():
                 write_json_atomic(path, row)
                 restored += 1
@@ -619,6 +617,11 @@ class Benchmark:
         self.json_path.with_suffix(".md").write_text(render_markdown(self.setup, rows, self.data, self.model_path),
                                                      encoding="utf-8")
         render_scatter(rows, self.json_path.with_suffix(".png"))
+
+
+def eval_mode(max_eval_rows: int | None) -> str:
+    """"" for TOFU's evaluation, "quickN" for the quick mode of N rows."""
+    return f"quick{max_eval_rows}" if max_eval_rows is not None else ""
 
 
 def general_questions(eval_sets=(), path: Path = GENERAL_QUESTIONS) -> list[str]:
