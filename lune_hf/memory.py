@@ -10,7 +10,8 @@ Baselines in the same accounting: full fine-tuning (bf16 weights and gradients, 
 states, the usual mixed-precision setup) and full NPO with a second frozen bf16 model as the reference.
 
 The same code also runs on real CPU tensors (``real=True``) and then reads the peak from the CPU allocator's
-own events (the profiler): that is how the estimate is validated at small sizes.
+own events (the profiler), without the scratch an operator's CPU kernel allocates and frees inside its own call:
+that is how the estimate is validated at small sizes.
 
 What is not modelled: the CUDA context and allocator fragmentation (`MemoryEstimate.fits` leaves headroom for
 them), kernels' workspaces, and attention kernels that keep less than the eager/SDPA-math path traced here.
@@ -204,26 +205,46 @@ def _enable_checkpointing(model, kwargs: dict | None) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _cpu_allocator_peak(run: Callable[[], None]) -> int:
-    """Peak of the CPU allocator's live bytes during `run`, above what was live when it started."""
+def _cpu_allocator_peak(run: Callable[[], None]) -> tuple[int, int]:
+    """Peak of the CPU allocator's live bytes during `run`, above what was live when it started, without kernel
+    scratch; and the peak with it.
+
+    Scratch is what one operator allocates and frees inside its own dispatch, below the tracker's dispatch mode (a
+    CPU BLAS kernel's contiguous copies of strided inputs, a workspace): no tensor of the step holds it, its size
+    depends on the CPU's kernels, and the estimate leaves kernels' workspaces out (the module's docstring).
+    """
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    events: list[tuple[int, int, int]] = []
+    events: list[tuple[int, int, int, int | None]] = []  # time, bytes (+ allocated, - freed), pointer, scope end
 
-    def walk(nodes) -> None:
+    def walk(nodes, scope_end: int | None) -> None:
         for node in nodes:
             if str(node.tag).endswith("Allocation"):
-                events.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.total_allocated))
-            walk(node.children)
+                events.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.ptr, scope_end))
+            walk(node.children, node.end_time_ns if node.name == "PythonDispatchMode" else scope_end)
 
-    walk(prof.profiler.kineto_results.experimental_event_tree())
-    if not events:
-        return 0
-    events.sort()
-    start = events[0][2] - events[0][1]
-    return max(total for _, _, total in events) - start
+    walk(prof.profiler.kineto_results.experimental_event_tree(), None)
+    events.sort(key=lambda e: e[0])
+    scratch: set[int] = set()  # indices of scratch allocations and of their frees
+    open_at: dict[int, int] = {}  # pointer -> index of its live allocation
+    for i, (time, size, ptr, _) in enumerate(events):
+        if size > 0:
+            open_at[ptr] = i
+        elif ptr in open_at:
+            j = open_at.pop(ptr)
+            scope_end = events[j][3]
+            if scope_end is not None and time <= scope_end:
+                scratch |= {i, j}
+    live = live_all = peak = peak_all = 0
+    for i, (_, size, _, _) in enumerate(events):
+        live_all += size
+        peak_all = max(peak_all, live_all)
+        if i not in scratch:
+            live += size
+            peak = max(peak, live)
+    return peak, peak_all
 
 
 def _live_bytes(tensors) -> int:
@@ -491,7 +512,7 @@ def estimate_step_memory(config, shape: StepShape | None = None, *, real: bool =
                 with tracker, step.stand_ins():
                     step.run(mark, tracker.tag_grad)
 
-            allocator = None
+            allocator = with_scratch = None
             if real and device.startswith("cuda"):
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -500,7 +521,8 @@ def estimate_step_memory(config, shape: StepShape | None = None, *, real: bool =
                 allocator = torch.cuda.max_memory_allocated()  # everything live, like the estimate
             elif real:
                 with unset_fake_temporarily():
-                    allocator = _cpu_allocator_peak(run) + held
+                    allocator, with_scratch = _cpu_allocator_peak(run)
+                    allocator, with_scratch = allocator + held, with_scratch + held
             else:
                 run()
     categories = tracker.get_tracker_snapshot("peak").get(torch.device("cpu"), {})
@@ -509,6 +531,8 @@ def estimate_step_memory(config, shape: StepShape | None = None, *, real: bool =
     extra: dict[str, Any] = {"phases": phases}
     if allocator is not None:
         extra |= {"allocator_peak_bytes": int(allocator), "tracker_peak_bytes": peak}
+        if with_scratch is not None:
+            extra["allocator_peak_with_kernel_scratch_bytes"] = int(with_scratch)
         peak = int(allocator)
     return MemoryEstimate(shape=shape, peak_bytes=peak, breakdown=breakdown, parameters=step.parameters(), real=real,
                           extra=extra)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -13,6 +12,7 @@ import yaml
 from conftest import rows
 from datasets import Dataset
 from fixtures_hub import FAKE_HUB_TOKEN
+from transformers import AutoModelForCausalLM
 
 from lune_hf import LuneConfig, LuneTrainer
 from lune_hf.callbacks import ForgetRetainCallback
@@ -44,7 +44,10 @@ def adapters(memorised, tmp_path_factory):
     retain = [f for i, f in enumerate(facts) if i % 5]
     out = {"base": base_dir, "facts": subsets, "retain": retain}
     for name, forget in subsets.items():
-        start, negatives = copy.deepcopy(memorised.model), rows(forget)
+        # trained on the base as loaded from disk, as users do: the same weights at the same memory alignment as
+        # the loader's (an in-memory copy is 64-byte aligned, a loaded safetensors file is not, and a CPU's GEMM
+        # may sum in another order on unaligned rows: one greedy token in a hundred can then flip)
+        start, negatives = AutoModelForCausalLM.from_pretrained(base_dir), rows(forget)
         if name == "b":
             start = PeftModel.from_pretrained(start, root / "a").merge_and_unload()
             previous = subsets["a"]
