@@ -679,16 +679,25 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def meets_target(entry: dict[str, Any], finetuned_mu: float | None) -> bool | None:
-    """Whether a (seed-pooled) row meets its split's bar (None: no bar for the split or no finetuned row). The
-    refusal / replacement share counts for LUNE-family rows only (the other objectives do not train a replacement
-    answer)."""
+def target_checks(entry: dict[str, Any], finetuned_mu: float | None) -> dict[str, bool] | None:
+    """Each bar of the row's split, met or not, for a (seed-pooled) row (None: no bar for the split or no finetuned
+    row). The refusal / replacement share counts for LUNE-family rows only (the other objectives do not train a
+    replacement answer)."""
     bar = TARGETS.get(entry["split"])
     if bar is None or not finetuned_mu or entry["model_utility"] is None:
         return None
     fq, utility, share = bar
-    return ((entry["forget_quality"] or 0) >= fq and entry["model_utility"] >= utility * finetuned_mu
-            and (share is None or entry["objective"] != "lune" or (entry["replacement_share"] or 0) >= share))
+    checks = {"forget quality": (entry["forget_quality"] or 0) >= fq,
+              "model utility": entry["model_utility"] >= utility * finetuned_mu}
+    if share is not None and entry["objective"] == "lune":
+        checks["refusal share"] = (entry["replacement_share"] or 0) >= share
+    return checks
+
+
+def meets_target(entry: dict[str, Any], finetuned_mu: float | None) -> bool | None:
+    """Whether a (seed-pooled) row meets every bar of its split (None: no bar or no finetuned row)."""
+    checks = target_checks(entry, finetuned_mu)
+    return None if checks is None else all(checks.values())
 
 
 def _with_std(entry: dict[str, Any], key: str) -> str:
@@ -765,8 +774,11 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
         others = [g for g in candidates if g["objective"] != "lune"]
 
         def rank(g: dict[str, Any], split: str = split) -> tuple:
-            met = bool(meets_target(g, finetuned[(split, g["quick"])]))
-            return met and not g["quick"], not g["quick"], g["forget_quality"] or 0, g["model_utility"] or 0
+            # Met (full mode) first; then the bars met, the seeds behind the numbers, forget quality, utility.
+            checks = target_checks(g, finetuned[(split, g["quick"])]) or {}
+            met = bool(checks) and all(checks.values())
+            return (met and not g["quick"], not g["quick"], sum(checks.values()), len(g["seeds"]),
+                    g["forget_quality"] or 0, g["model_utility"] or 0)
 
         picks = [("pure LUNE", max((g for g in lune if g["variant"] == "lune"), key=rank, default=None)),
                  ("best LUNE-family", max(lune, key=rank, default=None)),
@@ -775,7 +787,9 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
             if g is None:
                 continue
             ft = finetuned[(split, g["quick"])]
-            verdict = "met" if meets_target(g, ft) else "missed"
+            checks = target_checks(g, ft) or {}
+            missed = [name for name, ok in checks.items() if not ok]
+            verdict = "not measured" if not checks else f"missed ({', '.join(missed)})" if missed else "met"
             if g["quick"]:
                 verdict = f"quick mode, indicative only: {verdict}"
             share = g["model_utility"] / ft

@@ -306,6 +306,32 @@ def test_benchmark_targets_pool_seeds_and_name_the_best_rows(tmp_path):
     assert (tmp_path / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_benchmark_targets_say_which_bar_was_missed():
+    """No row meets every bar: the best one meets the most bars on the most seeds, and its line names what it missed."""
+    module = _benchmark_module()
+
+    def row(variant, fq, mu, share, seed=0):
+        return {"split": "forget01", "variant": variant, "objective": variant.partition("[")[0], "seed": seed,
+                "quick": False, "forget_quality": fq, "model_utility": mu, "forget_rouge": 0.1, "privleak": 0.0,
+                "replacement_share": share, "refusal_spill": None, "forget_truth_ratio": 0.6, "wall_s": 1.0,
+                "peak_mem_mb": 1.0, "eval_rows": {"forget": 40}}
+
+    rows = [row("finetuned", 0.01, 0.40, 0.0), row("retain", 1.0, 0.39, 0.0),
+            row("lune[a=1]", 0.95, 0.37, 0.80),  # forget quality only: 1 bar
+            row("lune[b=1]", 0.90, 0.39, 0.85),  # forget quality and utility, one seed: 2 bars
+            # forget quality and refusals on three seeds (mean utility 0.37 < 0.38): 2 bars, more seeds
+            *[row(f"lune[c=1,seed={s}]" if s else "lune[c=1]", 0.6, mu, 0.95, s)
+              for s, mu in ((0, 0.38), (1, 0.37), (2, 0.36))]]
+    targets = module.render_markdown(module.SETUPS["cpu"], rows, "data", "model").split("## Targets")[1]
+    line = targets.split("forget01 / best LUNE-family ")[1].split("\n")[0]
+    assert line.startswith("`lune[c=1]` (seeds 0,1,2): forget quality 0.600, model utility 92.5% of finetuned")
+    assert line.endswith("-> missed (model utility)")
+    best = {g["variant"]: g for g in module.group_rows(rows)}
+    assert module.target_checks(best["lune[b=1]"], 0.40) == {"forget quality": True, "model utility": True,
+                                                             "refusal share": False}
+    assert module.target_checks(best["lune[c=1]"], None) is None
+
+
 def test_benchmark_objective_specs():
     module = _benchmark_module()
     assert module.parse_objective("npo") == ("npo", {})
