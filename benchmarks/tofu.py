@@ -787,9 +787,8 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
             if g is None:
                 continue
             ft = finetuned[(split, g["quick"])]
-            checks = target_checks(g, ft) or {}
-            missed = [name for name, ok in checks.items() if not ok]
-            verdict = "not measured" if not checks else f"missed ({', '.join(missed)})" if missed else "met"
+            missed = [name for name, ok in target_checks(g, ft).items() if not ok]  # candidates have a bar and ft
+            verdict = f"missed ({', '.join(missed)})" if missed else "met"
             if g["quick"]:
                 verdict = f"quick mode, indicative only: {verdict}"
             share = g["model_utility"] / ft
