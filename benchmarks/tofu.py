@@ -422,7 +422,8 @@ class Benchmark:
                     self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
                 continue
             # The retain row's forget truth ratios and MIA AUC are the reference of every forget quality and
-            # privleak. Two runs sharing the cache evaluate the two reference rows side by side.
+            # privleak. A run that finds another evaluating the retain row leaves it the finetuned row too, unlearns
+            # meanwhile, and adds forget quality and privleak to its rows once the reference is there.
             def retain_model(sets=sets, rt_name=rt_name):
                 return self.trained_model(rt_name, sets.retain, {**base, "rows": "retain authors"})
 
@@ -430,16 +431,11 @@ class Benchmark:
                 return self.trained_model(ft_name, sets.full, {**base, "rows": f"retain + forget of {split}"})
 
             rt_settings = {**base, **eval_settings, "stage": "retain"}
+            ft_settings = {**base, **eval_settings, "stage": "finetuned"}
             retain_row = self.reference_row(split, "retain", retain_model, sets, rt_settings, wait=False)
             ft_dir, _ = finetuned_model()
-            ft_settings = {**base, **eval_settings, "stage": "finetuned"}
-            finetuned_row = self.reference_row(split, "finetuned", finetuned_model, sets, ft_settings,
-                                               wait=retain_row is None)
-            if retain_row is None:
-                retain_row = self.reference_row(split, "retain", retain_model, sets, rt_settings)
-            reference = {"forget_truth_ratios": retain_row["forget_truth_ratios"], "mia_min_k": retain_row["mia_min_k"]}
-            if finetuned_row is not None:
-                self.with_reference(finetuned_row, reference)
+            if retain_row is not None:
+                self.reference_row(split, "finetuned", finetuned_model, sets, ft_settings, wait=False)
 
             forget_rows = to_rows(sets.forget, s.prompt_format)
             retain_rows = to_rows(sets.retain, s.prompt_format)
@@ -453,6 +449,8 @@ class Benchmark:
                             "unlearn_epochs": s.unlearn_epochs, "unlearn_batch": s.unlearn_batch * s.unlearn_accum}
                 row = self.cached_row(split, spec, settings)
                 if row is None:
+                    retain_row = self.cached_row(split, "retain", rt_settings)
+                    reference = retain_row and {k: retain_row[k] for k in ("forget_truth_ratios", "mia_min_k")}
                     try:
                         row = self.unlearn_row(split, spec, objective, overrides, ft_dir, sets, forget_rows,
                                                retain_rows, reference, settings)
@@ -467,9 +465,12 @@ class Benchmark:
                 log(f"{split}/{spec}: {summary(row)}")
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            if finetuned_row is None:
-                self.with_reference(self.reference_row(split, "finetuned", finetuned_model, sets, ft_settings),
-                                    reference)
+            # Wait for the reference rows (a no-op when finished), then complete every row of the split without one.
+            retain_row = self.reference_row(split, "retain", retain_model, sets, rt_settings)
+            self.reference_row(split, "finetuned", finetuned_model, sets, ft_settings)
+            reference = {k: retain_row[k] for k in ("forget_truth_ratios", "mia_min_k")}
+            for row in [r for r in self.rows.values() if r["split"] == split]:
+                self.with_reference(row, reference)
         log(f"done in {time.perf_counter() - self.started:.0f} s; results in {self.json_path}")
 
     def unlearn_row(self, split, spec, objective, overrides, ft_dir, sets, forget_rows, retain_rows, reference,

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from datasets import Dataset
@@ -444,3 +445,40 @@ def test_benchmark_anchor_rows_are_the_finetuned_models_own_answers(tiny_tofu, t
 
     bench.load = lambda _folder: (_ for _ in ()).throw(AssertionError("cached answers are not generated again"))
     assert bench.anchor_rows("forget01", folder, sets)["completion"] == rows["completion"]
+
+
+def test_benchmark_unlearns_while_another_run_evaluates_the_reference(tmp_path, monkeypatch):
+    """A run that finds the retain row busy leaves both reference rows to the other run, unlearns without a
+    reference, then waits for the retain row and adds forget quality and privleak to its row."""
+    import lune_hf.tofu.data as tofu_data
+
+    module = _benchmark_module()
+    bench = module.Benchmark(module.SETUPS["cpu"], "data", "model", tmp_path / "cache", tmp_path / "results",
+                             ["lune"], ["forget01"])
+    monkeypatch.setattr(bench, "write_results", lambda: None)
+    monkeypatch.setattr(tofu_data, "tofu_sets", lambda *a, **k: SimpleNamespace(description="", forget=[], retain=[],
+                                                                                full=[]))
+    monkeypatch.setattr(tofu_data, "to_rows", lambda rows, fmt: rows)
+    monkeypatch.setattr(bench, "trained_model", lambda name, rows, settings: (tmp_path / name, {}))
+    retain = {"split": "forget01", "variant": "retain", "forget_truth_ratios": [0.5, 0.6, 0.7, 0.8],
+              "mia_min_k": 0.5, "forget_quality": 1.0}
+    calls = []
+
+    def reference_row(split, name, model, sets, settings, wait=True):
+        calls.append((name, wait))
+        return (retain if name == "retain" else {"variant": name}) if wait else None  # busy until waited for
+
+    def unlearn_row(split, spec, objective, overrides, ft_dir, sets, forget_rows, retain_rows, reference, settings):
+        calls.append((spec, reference))
+        return {"split": split, "variant": spec, "forget_truth_ratios": [0.5, 0.6, 0.7, 0.9],
+                "mia_min_k": 0.6, "forget_quality": None, "model_utility": 0.3, "forget_rouge": 0.1,
+                "retain_rouge": 0.4, "forget_truth_ratio": 0.7, "wall_s": 1.0, "eval_s": 1.0, "peak_mem_mb": 1.0}
+
+    monkeypatch.setattr(bench, "reference_row", reference_row)
+    monkeypatch.setattr(bench, "unlearn_row", unlearn_row)
+    bench.run()
+
+    assert calls == [("retain", False), ("lune", None), ("retain", True), ("finetuned", True)]
+    row = bench.rows[bench.key("forget01", "lune")]
+    assert row["forget_quality"] == pytest.approx(1.0)  # KS statistic 0.25 on 4 + 4 rows
+    assert row["privleak"] == pytest.approx(-20.0)  # AUC 0.6 against the retain model's 0.5
