@@ -449,8 +449,7 @@ class Benchmark:
                             "unlearn_epochs": s.unlearn_epochs, "unlearn_batch": s.unlearn_batch * s.unlearn_accum}
                 row = self.cached_row(split, spec, settings)
                 if row is None:
-                    retain_row = self.cached_row(split, "retain", rt_settings)
-                    reference = retain_row and {k: retain_row[k] for k in ("forget_truth_ratios", "mia_min_k")}
+                    reference = reference_of(self.cached_row(split, "retain", rt_settings))
                     try:
                         row = self.unlearn_row(split, spec, objective, overrides, ft_dir, sets, forget_rows,
                                                retain_rows, reference, settings)
@@ -466,11 +465,11 @@ class Benchmark:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
             # Wait for the reference rows (a no-op when finished), then complete every row of the split without one.
-            retain_row = self.reference_row(split, "retain", retain_model, sets, rt_settings)
+            reference = reference_of(self.reference_row(split, "retain", retain_model, sets, rt_settings))
             self.reference_row(split, "finetuned", finetuned_model, sets, ft_settings)
-            reference = {k: retain_row[k] for k in ("forget_truth_ratios", "mia_min_k")}
-            for row in [r for r in self.rows.values() if r["split"] == split]:
-                self.with_reference(row, reference)
+            for variant in ("finetuned", *self.objectives):  # this run's rows of this mode (not a quick row's)
+                if (row := self.rows.get(self.key(split, variant))) is not None:
+                    self.with_reference(row, reference)
         log(f"done in {time.perf_counter() - self.started:.0f} s; results in {self.json_path}")
 
     def unlearn_row(self, split, spec, objective, overrides, ft_dir, sets, forget_rows, retain_rows, reference,
@@ -618,6 +617,11 @@ class Benchmark:
         self.json_path.with_suffix(".md").write_text(render_markdown(self.setup, rows, self.data, self.model_path),
                                                      encoding="utf-8")
         render_scatter(rows, self.json_path.with_suffix(".png"))
+
+
+def reference_of(retain_row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What forget quality and privleak need of the retain row (None while it is not finished)."""
+    return retain_row and {k: retain_row[k] for k in ("forget_truth_ratios", "mia_min_k")}
 
 
 def eval_mode(max_eval_rows: int | None) -> str:

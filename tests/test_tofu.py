@@ -476,9 +476,12 @@ def test_benchmark_unlearns_while_another_run_evaluates_the_reference(tmp_path, 
 
     monkeypatch.setattr(bench, "reference_row", reference_row)
     monkeypatch.setattr(bench, "unlearn_row", unlearn_row)
+    quick = {"split": "forget01", "variant": "npo", "forget_quality": None}  # another mode's row: not this run's
+    bench.rows["forget01/npo@quick4"] = quick
     bench.run()
 
     assert calls == [("retain", False), ("lune", None), ("retain", True), ("finetuned", True)]
     row = bench.rows[bench.key("forget01", "lune")]
     assert row["forget_quality"] == pytest.approx(1.0)  # KS statistic 0.25 on 4 + 4 rows
     assert row["privleak"] == pytest.approx(-20.0)  # AUC 0.6 against the retain model's 0.5
+    assert quick["forget_quality"] is None
