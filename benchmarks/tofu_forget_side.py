@@ -1,11 +1,11 @@
-"""Forget-side TOFU numbers of a saved forget01 adapter of `benchmarks/tofu.py --setup cpu`, in minutes instead of
-the ~40 of a full row: forget quality, forget ROUGE-L, refusal/replacement share, privleak, truth ratio, probability
-and extraction strength on every forget01 and holdout01 row, against the cached retain row; with `--spill-rows N`
-(default 20) also the refusal spill (share of refusal answers) on the first N rows of retain_perturbed, real authors
-and world facts. No model utility.
+"""Forget-side TOFU numbers of a saved adapter of `benchmarks/tofu.py --setup cpu` (or one of its training
+checkpoints), in minutes instead of the ~40 of a full row: forget quality, forget ROUGE-L, refusal/replacement share,
+privleak, truth ratio, probability and extraction strength on every forget and holdout row of the split, against the
+cached retain row; with `--spill-rows N` (default 20) also the refusal spill (share of refusal answers) on the first
+N rows of retain_perturbed, real authors and world facts. No model utility.
 
-    python benchmarks/tofu_forget_side.py --data ../shared/data/tofu \\
-        --adapter ~/.cache/lune_hf/tofu/cpu/forget01/<objective folder> --json out.json
+    python benchmarks/tofu_forget_side.py --data ../shared/data/tofu [--split forget05] \\
+        --adapter ~/.cache/lune_hf/tofu/cpu/forget01/<objective folder>[/checkpoint-N] --json out.json
 """
 
 import argparse
@@ -29,6 +29,8 @@ KEYS = ["forget_quality", "forget_rouge", "replacement_share", "privleak", "mia_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="TOFU folder or Hub id.")
+    parser.add_argument("--split", default="forget01", help="TOFU forget split whose finetuned model, forget and "
+                        "holdout rows and retain row to use (forget01, forget05, forget10).")
     parser.add_argument("--adapter", type=Path, default=None, help="LoRA adapter folder (default: none, the "
                         "finetuned model itself).")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/lune_hf/tofu/cpu",
@@ -39,19 +41,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True, help="Where the numbers go.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    sets = tofu_sets(args.data, "forget01", retain_authors=range(20))
+    sets = tofu_sets(args.data, args.split, retain_authors=range(20))
     n = args.spill_rows
     sets = replace(sets, **{name: getattr(sets, name).select(range(min(n, len(getattr(sets, name))))) if n else None
                             for name in ("retain_eval", "real_authors", "world_facts")})
-    retain = json.loads((args.cache_dir / "rows/forget01__retain.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(args.cache_dir / "finetuned_forget01")
+    retain = json.loads((args.cache_dir / f"rows/{args.split}__retain.json").read_text())
+    finetuned = args.cache_dir / f"finetuned_{args.split}"
+    tokenizer = AutoTokenizer.from_pretrained(finetuned)
     ensure_pad_token(tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(args.cache_dir / "finetuned_forget01")
+    model = AutoModelForCausalLM.from_pretrained(finetuned)
     if args.adapter is not None:
         model = PeftModel.from_pretrained(model, str(args.adapter)).merge_and_unload()
     result = evaluate_tofu(model, tokenizer, sets, reference=retain, max_new_tokens=200, batch_size=32,
                            max_length=256)
-    out = {"adapter": args.adapter.name if args.adapter else None, **{k: result.get(k) for k in KEYS}}
+    out = {"split": args.split, "adapter": str(args.adapter) if args.adapter else None,
+           **{k: result.get(k) for k in KEYS}}
     args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in out.items() if k != "forget_samples"}, indent=1))
 
