@@ -18,7 +18,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lune_hf.data import ensure_pad_token
-from lune_hf.tofu.data import tofu_sets
+from lune_hf.tofu.data import FORGET_SPLITS, tofu_sets
 from lune_hf.tofu.evaluate import evaluate_tofu
 
 KEYS = ["forget_quality", "forget_rouge", "replacement_share", "privleak", "mia_min_k", "forget_truth_ratio",
@@ -29,8 +29,8 @@ KEYS = ["forget_quality", "forget_rouge", "replacement_share", "privleak", "mia_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="TOFU folder or Hub id.")
-    parser.add_argument("--split", default="forget01", help="TOFU forget split whose finetuned model, forget and "
-                        "holdout rows and retain row to use (forget01, forget05, forget10).")
+    parser.add_argument("--split", choices=FORGET_SPLITS, default="forget01", help="TOFU forget split whose "
+                        "finetuned model, forget and holdout rows and retain row to use.")
     parser.add_argument("--adapter", type=Path, default=None, help="LoRA adapter folder (default: none, the "
                         "finetuned model itself).")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/lune_hf/tofu/cpu",
@@ -45,8 +45,14 @@ def main() -> None:
     n = args.spill_rows
     sets = replace(sets, **{name: getattr(sets, name).select(range(min(n, len(getattr(sets, name))))) if n else None
                             for name in ("retain_eval", "real_authors", "world_facts")})
-    retain = json.loads((args.cache_dir / f"rows/{args.split}__retain.json").read_text())
+    retain_row = args.cache_dir / f"rows/{args.split}__retain.json"
     finetuned = args.cache_dir / f"finetuned_{args.split}"
+    for needed in (retain_row, finetuned):
+        if not needed.exists():
+            parser.error(f"{needed} is missing: run `python benchmarks/tofu.py --setup cpu --data {args.data} "
+                         f"--splits {args.split}` first (its finetuned model and retain row come before any "
+                         "unlearning row).")
+    retain = json.loads(retain_row.read_text())
     tokenizer = AutoTokenizer.from_pretrained(finetuned)
     ensure_pad_token(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(finetuned)
