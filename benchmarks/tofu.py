@@ -185,6 +185,25 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def file_name(text: str) -> str:
+    """`text` (an objective spec) as a file or folder name: characters outside ``[A-Za-z0-9-_.=]`` become ``_``."""
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text)
+
+
+def row_path(cache: Path, split: str, variant: str, mode: str = "") -> Path:
+    """Where the stage cache keeps one results row (``mode``: "" for the full evaluation, "quickN" otherwise)."""
+    return cache / "rows" / (f"{split}__{file_name(variant)}" + (f"__{mode}" if mode else "") + ".json")
+
+
+def model_names(setup: Setup, split: str) -> tuple[str, str]:
+    """The stage cache's folder names of the finetuned and the retain model of `split`. With fixed retain authors
+    the retain model is one for every split and the finetuned model adds the split's forget authors; otherwise
+    (the last n authors) both follow the split."""
+    if setup.retain_authors:
+        return f"finetuned_{split}", "retain"
+    return "finetuned", f"retain_{split}"
+
+
 def digest(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -299,9 +318,7 @@ class Benchmark:
         return f"{split}/{variant}" + (f"@{self.mode}" if self.mode else "")
 
     def row_path(self, split: str, variant: str, mode: str | None = None) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in variant)
-        mode = self.mode if mode is None else mode
-        return self.cache / "rows" / (f"{split}__{safe}" + (f"__{mode}" if mode else "") + ".json")
+        return row_path(self.cache, split, variant, self.mode if mode is None else mode)
 
     def cached_row(self, split: str, variant: str, settings: dict[str, Any]) -> dict[str, Any] | None:
         path = self.row_path(split, variant)
@@ -411,10 +428,7 @@ class Benchmark:
             sets = tofu_sets(self.data, split, n_authors=s.n_authors, max_eval_rows=s.max_eval_rows,
                              retain_authors=s.retain_authors)
             log(sets.description)
-            # With fixed retain authors the retain model is one for every split; the finetuned model adds the
-            # split's forget authors. Otherwise (the last n authors) both follow the split.
-            ft_name = f"finetuned_{split}" if s.retain_authors else "finetuned"
-            rt_name = "retain" if s.retain_authors else f"retain_{split}"
+            ft_name, rt_name = model_names(s, split)
             if self.models_only:
                 if self.models_only != "retain":
                     self.trained_model(ft_name, sets.full, {**base, "rows": f"retain + forget of {split}"})
@@ -496,7 +510,7 @@ class Benchmark:
             targets = [[a] for a in answers]
         elif replacement != "refusal":
             raise ValueError(f"replacement={replacement!r}: use refusal, perturbed or base")
-        out = self.cache / split / "".join(c if c.isalnum() or c in "-_.=" else "_" for c in spec)
+        out = self.cache / split / file_name(spec)
         # The adapter depends on the training settings only: a finished one is evaluated again (another evaluation
         # mode, or a run stopped during its evaluation) instead of being trained again.
         marker = out / "lune_tofu_stage.json"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from tofu import SETUPS, model_names, row_path  # benchmarks/tofu.py: the stage cache's layout
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lune_hf.data import ensure_pad_token
@@ -45,8 +46,8 @@ def main() -> None:
     n = args.spill_rows
     sets = replace(sets, **{name: getattr(sets, name).select(range(min(n, len(getattr(sets, name))))) if n else None
                             for name in ("retain_eval", "real_authors", "world_facts")})
-    retain_row = args.cache_dir / f"rows/{args.split}__retain.json"
-    finetuned = args.cache_dir / f"finetuned_{args.split}"
+    retain_row = row_path(args.cache_dir, args.split, "retain")
+    finetuned = args.cache_dir / model_names(SETUPS["cpu"], args.split)[0]
     for needed in (retain_row, finetuned):
         if not needed.exists():
             parser.error(f"{needed} is missing: run `python benchmarks/tofu.py --setup cpu --data {args.data} "
