@@ -33,7 +33,8 @@ Objectives are named as in ``LuneConfig``; ``name[key=value,...]`` runs a varian
 perturbed answers as replacement targets instead of refusals - the same wrong answers the truth ratio scores, so
 not a clean result - or ``replacement=base`` for the base model's own greedy answers to the forget questions
 (made-up answers of a model that never saw TOFU), ``anchor=general`` to add the finetuned model's own answers to the
-general questions of ``benchmarks/data/general_questions.txt`` to the retain rows), e.g.
+general questions of ``benchmarks/data/general_questions.txt`` to the retain rows, ``anchor=general+literature`` to
+add those of ``literature_questions.txt`` (other real books) as well), e.g.
 ``lune[learning_rate=5e-4,replacement=base]``.
 """
 
@@ -78,7 +79,9 @@ OPEN_UNLEARNING_LLAMA_1B = {
                  ("IdkDPO", "1.12e-05", "0.07", "0.62"), ("NPO", "0.14", "0.45", "0.70"),
                  ("SimNPO", "5.01e-100", "0.58", "4.19e-03"), ("RMU", "4.87e-10", "0.58", "0.77")],
 }
-GENERAL_QUESTIONS = Path(__file__).resolve().parent / "data" / "general_questions.txt"
+QUESTIONS_DIR = Path(__file__).resolve().parent / "data"
+GENERAL_QUESTIONS = QUESTIONS_DIR / "general_questions.txt"
+ANCHORS = ("general", "literature")  # anchor=<name>[+<name>...]: benchmarks/data/<name>_questions.txt
 # The issue's bar per split: forget quality, share of the finetuned model's utility, replacement share.
 TARGETS = {"forget01": (0.5, 0.95, 0.9), "forget05": (0.1, 0.95, None)}
 
@@ -495,10 +498,13 @@ class Benchmark:
         forget = forget_rows
         replacement = overrides.pop("replacement", "refusal")
         anchor = overrides.pop("anchor", None)
-        if anchor == "general":
-            retain_rows = with_anchor(retain_rows, self.anchor_rows(split, ft_dir, sets))
-        elif anchor is not None:
-            raise ValueError(f"anchor={anchor!r}: use general (or leave it out)")
+        if anchor is not None:
+            names = anchor.split("+")
+            if any(n not in ANCHORS for n in names) or len(set(names)) != len(names):
+                raise ValueError(f"anchor={anchor!r}: use one or more of {', '.join(ANCHORS)} joined by '+', "
+                                 "e.g. anchor=general+literature (or leave it out)")
+            for name in names:
+                retain_rows = with_anchor(retain_rows, self.anchor_rows(split, ft_dir, sets, name))
         targets = None  # what replacement_share counts as intended answers (default: the refusal sentences)
         if replacement == "perturbed":
             answers = [p[i % len(p)].strip() for i, p in enumerate(sets.forget["perturbed_answer"])]
@@ -561,10 +567,10 @@ class Benchmark:
         write_json_atomic(path, answers)
         return answers
 
-    def anchor_rows(self, split: str, ft_dir: Path, sets):
-        """The finetuned model's own greedy answers to :data:`GENERAL_QUESTIONS` as lune_hf rows, cached.
+    def anchor_rows(self, split: str, ft_dir: Path, sets, name: str = "general"):
+        """The finetuned model's own greedy answers to ``data/<name>_questions.txt`` as lune_hf rows, cached.
 
-        Extra retain rows for ``anchor=general``: the TOFU retain set holds fictitious authors only, so nothing
+        Extra retain rows for ``anchor=<name>``: the TOFU retain set holds fictitious authors only, so nothing
         else keeps the model's answers to general questions (real authors, world facts) while the adapter learns
         to refuse. Answering them with the model's own words (self-distillation) needs no answer key and takes no
         row of TOFU's evaluation sets (:func:`general_questions` checks).
@@ -573,12 +579,13 @@ class Benchmark:
 
         from lune_hf.tofu.data import make_completion, make_prompt
 
-        questions = general_questions(sets.eval_sets.values())
-        path = self.cache / f"anchor_answers_{split}.json"
+        questions = general_questions(sets.eval_sets.values(), QUESTIONS_DIR / f"{name}_questions.txt")
+        suffix = "" if name == "general" else f"_{name}"  # the general answers keep their first cache name
+        path = self.cache / f"anchor_answers_{split}{suffix}.json"
         key = digest({"questions": questions, "model": str(ft_dir), "max_new_tokens": self.setup.max_new_tokens})
         cached = json.loads(path.read_text()) if path.is_file() else None
         if cached is None or cached.get("key") != key:
-            log(f"{split}: the finetuned model answers {len(questions)} general questions (anchor rows) ...")
+            log(f"{split}: the finetuned model answers {len(questions)} {name} questions (anchor rows) ...")
             answers = self.greedy_answers(ft_dir, questions, max_new_tokens=self.setup.max_new_tokens)
             cached = {"key": key, "questions": questions, "answers": [a.strip() for a in answers]}
             write_json_atomic(path, cached)

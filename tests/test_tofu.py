@@ -446,6 +446,15 @@ def test_benchmark_anchor_rows_are_the_finetuned_models_own_answers(tiny_tofu, t
     bench.load = lambda _folder: (_ for _ in ()).throw(AssertionError("cached answers are not generated again"))
     assert bench.anchor_rows("forget01", folder, sets)["completion"] == rows["completion"]
 
+    # anchor=general+literature: a second question file, its answers cached under their own name.
+    del bench.load
+    literature = module.general_questions(path=module.QUESTIONS_DIR / "literature_questions.txt")
+    assert len(literature) >= 40 and not set(literature) & set(questions)
+    books = bench.anchor_rows("forget01", folder, sets, "literature")
+    assert books[0]["prompt"] == make_prompt(literature[0], "plain")
+    assert (tmp_path / "cache" / "anchor_answers_forget01_literature.json").is_file()
+    assert bench.anchor_rows("forget01", folder, sets)["completion"] == rows["completion"]
+
 
 def test_benchmark_unlearns_while_another_run_evaluates_the_reference(tmp_path, monkeypatch):
     """A run that finds the retain row busy leaves both reference rows to the other run, unlearns without a
