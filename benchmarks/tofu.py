@@ -82,6 +82,7 @@ OPEN_UNLEARNING_LLAMA_1B = {
 QUESTIONS_DIR = Path(__file__).resolve().parent / "data"
 GENERAL_QUESTIONS = QUESTIONS_DIR / "general_questions.txt"
 ANCHORS = ("general", "literature")  # anchor=<name>[+<name>...]: benchmarks/data/<name>_questions.txt
+REPLACEMENTS = ("refusal", "perturbed", "base")  # replacement=<name>: what LUNE's forget answers are trained to
 # The issue's bar per split: forget quality, share of the finetuned model's utility, replacement share.
 TARGETS = {"forget01": (0.5, 0.95, 0.9), "forget05": (0.1, 0.95, None)}
 
@@ -168,6 +169,19 @@ def parse_objective(spec: str) -> tuple[str, dict[str, Any]]:
             key, _, value = item.partition("=")
             overrides[key.strip()] = _parse_value(value.strip())
     return name.strip(), overrides
+
+
+def pop_data_options(overrides: dict[str, Any]) -> tuple[str, list[str]]:
+    """Takes the benchmark's own keys out of a spec's overrides: the replacement targets and the anchor files."""
+    replacement = overrides.pop("replacement", "refusal")
+    if replacement not in REPLACEMENTS:
+        raise ValueError(f"replacement={replacement!r}: use {', '.join(REPLACEMENTS)}")
+    anchor = overrides.pop("anchor", None)
+    names = [] if anchor is None else str(anchor).split("+")
+    if any(n not in ANCHORS for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"anchor={anchor!r}: use one or more of {', '.join(ANCHORS)} joined by '+', "
+                         "e.g. anchor=general+literature (or leave it out)")
+    return replacement, names
 
 
 def with_seed(spec: str, seed: int) -> str:
@@ -496,15 +510,9 @@ class Benchmark:
         s = self.setup
         overrides = dict(overrides)
         forget = forget_rows
-        replacement = overrides.pop("replacement", "refusal")
-        anchor = overrides.pop("anchor", None)
-        if anchor is not None:
-            names = anchor.split("+")
-            if any(n not in ANCHORS for n in names) or len(set(names)) != len(names):
-                raise ValueError(f"anchor={anchor!r}: use one or more of {', '.join(ANCHORS)} joined by '+', "
-                                 "e.g. anchor=general+literature (or leave it out)")
-            for name in names:
-                retain_rows = with_anchor(retain_rows, self.anchor_rows(split, ft_dir, sets, name))
+        replacement, anchors = pop_data_options(overrides)
+        for name in anchors:
+            retain_rows = with_anchor(retain_rows, self.anchor_rows(split, ft_dir, sets, name))
         targets = None  # what replacement_share counts as intended answers (default: the refusal sentences)
         if replacement == "perturbed":
             answers = [p[i % len(p)].strip() for i, p in enumerate(sets.forget["perturbed_answer"])]
@@ -514,8 +522,6 @@ class Benchmark:
             answers = self.base_answers(split, sets)
             forget = forget_rows.add_column("replacement", answers)
             targets = [[a] for a in answers]
-        elif replacement != "refusal":
-            raise ValueError(f"replacement={replacement!r}: use refusal, perturbed or base")
         out = self.cache / split / file_name(spec)
         # The adapter depends on the training settings only: a finished one is evaluated again (another evaluation
         # mode, or a run stopped during its evaluation) instead of being trained again.
@@ -1010,6 +1016,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         setup = dataclasses.replace(setup, threads=threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for spec in args.objectives:  # bad specs fail here, before the model, the cache (--fresh) or hours of fine-tuning
+        from lune_hf.objectives import OBJECTIVES
+
+        try:
+            name, overrides = parse_objective(spec)
+            pop_data_options(overrides)
+        except ValueError as error:
+            parser.error(str(error))
+        if name not in OBJECTIVES:
+            parser.error(f"unknown objective {spec!r}; valid: {', '.join(OBJECTIVES)}")
     if args.model is None:
         from lune_hf.testing.smollm2 import prepare_smollm2
 
@@ -1022,11 +1038,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and cache.exists():
         shutil.rmtree(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    for spec in args.objectives:
-        from lune_hf.objectives import OBJECTIVES
-
-        if parse_objective(spec)[0] not in OBJECTIVES:
-            parser.error(f"unknown objective {spec!r}; valid: {', '.join(OBJECTIVES)}")
     log(setup.describe())
     log(f"model {args.model}; data {args.data}; cache {cache}; objectives {' '.join(args.objectives)}; "
         f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")

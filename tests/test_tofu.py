@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from datasets import Dataset
 
 from lune_hf.testing.synthetic import build_tiny_model, build_tokenizer
@@ -344,6 +346,37 @@ def test_benchmark_objective_specs():
     assert module.base_variant("npo[seed=1]") == "npo"
     assert module.with_seed("npo", 0) == "npo" and module.with_seed("npo", 2) == "npo[seed=2]"
     assert module.with_seed("npo[learning_rate=1e-3]", 1) == "npo[learning_rate=1e-3,seed=1]"
+
+    overrides = {"anchor": "general+literature", "replacement": "base", "learning_rate": 1e-3}
+    assert module.pop_data_options(overrides) == ("base", ["general", "literature"])
+    assert overrides == {"learning_rate": 1e-3}
+    assert module.pop_data_options({}) == ("refusal", [])
+    for bad in ({"anchor": "books"}, {"anchor": "general+general"}, {"replacement": "idk"}):
+        with pytest.raises(ValueError, match="anchor=|replacement="):
+            module.pop_data_options(bad)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("lune[anchor=books]", "anchor='books': use one or more of general, literature"),
+    ("lune[replacement=idk]", "replacement='idk': use refusal, perturbed, base"),
+    ("lune[learning_rate=1", "Bad objective spec"),
+    ("nope", "unknown objective 'nope'"),
+])
+def test_benchmark_refuses_a_bad_spec_before_touching_the_cache(tmp_path, capsys, monkeypatch, spec, message):
+    """A bad objective spec is a command-line error, raised before --fresh empties the stage cache."""
+    module = _benchmark_module()
+    # main() sets the process's thread count and environment for a benchmark run; keep this test process's.
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    for name in ("OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    cache = tmp_path / "cache"
+    (cache / "rows").mkdir(parents=True)
+    (cache / "rows" / "forget01__retain.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        module.main(["--data", str(tmp_path), "--model", "m", "--cache-dir", str(cache), "--fresh",
+                     "--objectives", spec])
+    assert message in capsys.readouterr().err
+    assert (cache / "rows" / "forget01__retain.json").is_file()
 
 
 def test_benchmark_stage_resumes_only_its_own_checkpoints(tmp_path):
