@@ -54,7 +54,7 @@ class Setup:
     gradient_checkpointing: bool = False
     ref_model: bool = False  # NPO reference: a second model from disk instead of the adapter-off model
     full_logits: bool = False  # lm_head over every position (LuneTrainer before the profile), not only answers
-    variant: bool = False  # an extra row beyond the issue's comparisons
+    variant: bool = False  # an extra row beyond the comparisons (a)-(c)
 
 
 SETUPS: dict[str, Setup] = {
@@ -438,7 +438,7 @@ def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
 
 
 def ratios(summary: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The issue's ratios (ratio of medians), with the ratio of every paired repeat beside it."""
+    """The target ratios (ratio of medians), with the ratio of every paired repeat beside it."""
     out: dict[str, Any] = {}
     for name, num, den, metric, target in RATIOS:
         if num not in summary or den not in summary:
@@ -454,7 +454,7 @@ def ratios(summary: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, An
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """A Markdown page: the table, the ratios against the issue's targets, the command and the machine."""
+    """A Markdown page: the table, the ratios against their targets, the command and the machine."""
     m = report["machine"]
     s = report["settings"]
     lines = [
@@ -519,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", help="Cache root for prepare_smollm2 (default $LUNE_HF_CACHE or "
                         "~/.cache/lune_hf).")
     parser.add_argument("--configs", nargs="+", choices=list(SETUPS), help="Configurations to run (default: all).")
-    parser.add_argument("--no-variants", action="store_true", help="Only the issue's comparisons (a), (b), (c).")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="Skip the variant rows: LoRA vs full, NPO references, trainer vs loop only.")
     parser.add_argument("--steps", type=int, help="Measured steps per configuration (default 10; 6 with --quick).")
     parser.add_argument("--warmup", type=int, default=2, help="Warm-up steps excluded from the timing.")
     parser.add_argument("--batch-size", type=int, default=4, help="Rows per group and step.")

@@ -83,7 +83,7 @@ QUESTIONS_DIR = Path(__file__).resolve().parent / "data"
 GENERAL_QUESTIONS = QUESTIONS_DIR / "general_questions.txt"
 ANCHORS = ("general", "literature")  # anchor=<name>[+<name>...]: benchmarks/data/<name>_questions.txt
 REPLACEMENTS = ("refusal", "perturbed", "base")  # replacement=<name>: what LUNE's forget answers are trained to
-# The bar per split: forget quality, share of the finetuned model's utility, replacement share.
+# The targets per split: forget quality, share of the finetuned model's utility, replacement share.
 TARGETS = {"forget01": (0.5, 0.95, 0.9), "forget05": (0.1, 0.95, None)}
 
 
