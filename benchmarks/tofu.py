@@ -690,9 +690,20 @@ def base_variant(variant: str) -> str:
     return f"{name}[{','.join(items)}]" if items else name
 
 
+def author_means(ratios: list[float] | None) -> list[float] | None:
+    """The mean truth ratio of each author of a forget split, from its per-row truth ratios (TOFU lists each
+    author's 20 rows together; None when the rows are not whole authors)."""
+    from lune_hf.tofu.data import QA_PER_AUTHOR
+
+    if not ratios or len(ratios) % QA_PER_AUTHOR:
+        return None
+    return np.asarray(ratios, dtype=float).reshape(-1, QA_PER_AUTHOR).mean(axis=1).tolist()
+
+
 def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per split and variant (seeds pooled): the mean of each number, ``<key>_std`` (population standard
-    deviation) for forget quality and model utility, ``seeds`` and ``quick``, in the order of `rows`."""
+    deviation) for forget quality and model utility, ``author_truth_ratios`` (each forget author's mean truth
+    ratio, see :func:`author_means`), ``seeds`` and ``quick``, in the order of `rows`."""
     groups: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["split"], base_variant(r["variant"]), bool(r.get("quick"))), []).append(r)
@@ -707,6 +718,9 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[key] = float(np.mean(values)) if values else None
             if key in ("forget_quality", "model_utility") and len(values) > 1:
                 entry[f"{key}_std"] = float(np.std(values))
+        per_author = [author_means(m.get("forget_truth_ratios")) for m in members]
+        if all(p is not None and len(p) == len(per_author[0]) for p in per_author):
+            entry["author_truth_ratios"] = np.mean(per_author, axis=0).tolist()
         out.append(entry)
     return out
 
@@ -791,7 +805,9 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
     if used:
         lines += [""] + [f"- {text}" for text in used]
     notes_file = f"tofu_{setup.name}_notes.md"
-    lines += ["", f"Hand-written analysis (when present): [{notes_file}]({notes_file}).", "", "## Targets", "",
+    lines += ["", f"Hand-written analysis (when present): [{notes_file}]({notes_file}).", ""]
+    lines += author_table(grouped)
+    lines += ["## Targets", "",
               "- forget01: the best LUNE-family row (`lune`, any settings) with forget quality >= 0.5, model utility "
               ">= 95% of the finetuned model's and >= 90% of forget answers a refusal or the replacement; pure LUNE "
               "(`lune` at its defaults) beside it.",
@@ -838,6 +854,40 @@ def render_markdown(setup: Setup, rows: list[dict[str, Any]], data: str, model: 
     lines += ["", "LUNE itself is not in open-unlearning's table; the LUNE paper (arXiv 2512.07375) reports its own "
               "numbers (not quoted here: check the paper's TOFU table)."]
     return "\n".join(lines) + "\n"
+
+
+def author_table(grouped: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: each forget author's mean truth ratio per (full-mode) row, one table per split.
+
+    Forget quality compares the distributions of all the forget rows' truth ratios; this shows whether an objective
+    moves every author towards the retain model's ratios or some far and others not at all."""
+    from lune_hf.tofu.data import forget_authors
+
+    lines = []
+    for split in dict.fromkeys(g["split"] for g in grouped):
+        entries = [g for g in grouped if g["split"] == split and not g["quick"] and g.get("author_truth_ratios")]
+        if not entries:
+            continue
+        n = len(entries[0]["author_truth_ratios"])
+        try:
+            authors = [str(a + 1) for a in forget_authors(split)]
+        except ValueError:  # not a forgetNN split
+            authors = []
+        if len(authors) != n:
+            authors = [f"#{i + 1}" for i in range(n)]
+        if not lines:
+            lines += ["## Forget truth ratio per author", "",
+                      "Mean of each forget author's 20 per-row truth ratios (seeds pooled); forget quality is the KS "
+                      "test of all the rows against the retain model's, so an objective that moves some authors past "
+                      "the retain model's level and leaves others at the finetuned model's fails it.", ""]
+        lines += [f"| {split}: objective | seeds | " + " | ".join(f"author {a}" for a in authors) + " |",
+                  "|" + " --- |" * (n + 2)]
+        for g in entries:
+            if len(g["author_truth_ratios"]) == n:
+                lines.append(f"| {g['variant']} | {','.join(map(str, g['seeds']))} | "
+                             + " | ".join(f"{v:.2f}" for v in g["author_truth_ratios"]) + " |")
+        lines.append("")
+    return lines
 
 
 def render_scatter(rows: list[dict[str, Any]], path: Path) -> None:

@@ -335,6 +335,33 @@ def test_benchmark_targets_say_which_bar_was_missed():
     assert module.target_checks(best["lune[c=1]"], None) is None
 
 
+def test_benchmark_truth_ratio_per_author():
+    """Each forget author's mean truth ratio (20 rows each, in TOFU's order), seeds pooled, full-mode rows only."""
+    module = _benchmark_module()
+    assert module.author_means([0.5] * 20 + [1.0] * 10 + [2.0] * 10) == pytest.approx([0.5, 1.5])
+    assert module.author_means([0.5] * 30) is None and module.author_means(None) is None
+
+    def row(variant, ratios, seed=0, quick=False, split="forget01"):
+        return {"split": split, "variant": variant, "objective": variant.partition("[")[0], "seed": seed,
+                "quick": quick, "forget_truth_ratios": ratios}
+
+    rows = [row("finetuned", [0.6] * 40), row("retain", [0.8] * 20 + [0.9] * 20),
+            row("lune[a=1]", [0.6] * 20 + [0.8] * 20), row("lune[a=1,seed=1]", [0.8] * 20 + [1.0] * 20, seed=1),
+            row("lune[b=1]", [2.0] * 40, quick=True),  # quick rows are left out
+            row("npo", None),  # no per-row ratios: left out
+            row("finetuned", [0.5] * 200, split="forget05")]
+    grouped = module.group_rows(rows)
+    assert {g["variant"]: g.get("author_truth_ratios") for g in grouped if g["split"] == "forget01"}["lune[a=1]"] \
+        == pytest.approx([0.7, 0.9])
+    text = "\n".join(module.author_table(grouped))
+    assert "| forget01: objective | seeds | author 199 | author 200 |" in text
+    assert "| lune[a=1] | 0,1 | 0.70 | 0.90 |" in text and "| retain | 0 | 0.80 | 0.90 |" in text
+    assert "lune[b=1]" not in text and "| npo |" not in text
+    assert "| forget05: objective | seeds | author 191 | author 192 |" in text and "| 0.50 |" in text
+    assert "## Forget truth ratio per author" in module.render_markdown(module.SETUPS["cpu"], [
+        {**r, "forget_quality": 0.5, "model_utility": 0.4} for r in rows[:3]], "data", "model")
+
+
 def test_benchmark_objective_specs():
     module = _benchmark_module()
     assert module.parse_objective("npo") == ("npo", {})
