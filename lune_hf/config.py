@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .objectives import OBJECTIVES, RETAIN_LOSSES
+from .objectives import DEFAULT_BETA, OBJECTIVES, RETAIN_LOSSES
 from .outcome import ForgetTarget
 
 # transformers 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name stays an alias).
@@ -43,7 +43,12 @@ class LuneConfig(TrainingArguments):
             "replacement answers (paper Eq. 4).",
         },
     )
-    beta: float = field(default=0.1, metadata={"help": "Inverse temperature of npo, simnpo and idk_dpo."})
+    beta: float | None = field(
+        default=None,
+        metadata={"help": "Inverse temperature of npo, simnpo, idk_dpo, lune's NPO term (`negative_weight`) and the "
+                  "preservation term. Default: the objective's own, 0.1, or 2.5 for simnpo (its paper's TOFU value: "
+                  "at 0.1 its per-token term barely saturates and acts like gradient ascent)."},
+    )
     delta: float = field(default=0.0, metadata={"help": "Margin subtracted from the per-token NLL in simnpo."})
     negative_weight: float = field(
         default=0.0,
@@ -214,6 +219,8 @@ class LuneConfig(TrainingArguments):
             raise ValueError(
                 f"Unknown objective {self.objective!r}. Valid objectives: {', '.join(OBJECTIVES)}."
             )
+        if self.beta is None:
+            self.beta = OBJECTIVES[self.objective].recommended.get("beta", DEFAULT_BETA)
         if self.retain_loss is None:
             self.retain_loss = "none"
         if self.retain_loss not in RETAIN_LOSSES:

@@ -223,6 +223,9 @@ def _lune_loss(b: ForgetBatch, args) -> torch.Tensor:
     return lune(nll_r, n_r)
 
 
+DEFAULT_BETA = 0.1  # inverse temperature of the reference-based terms (NPO, DPO, preservation) unless set
+
+
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     spec.name: spec
     for spec in [
@@ -267,7 +270,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             uses_replacement=False,
             needs_reference=True,
             loss=lambda b, args: npo(b.answer()[2], b.reference_answer(), args.beta),
-            recommended={"learning_rate": 2e-4, "retain": True, "beta": 0.1},
+            recommended={"learning_rate": 2e-4, "retain": True, "beta": DEFAULT_BETA},
             needs_retain=False,
         ),
         ObjectiveSpec(
@@ -302,7 +305,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             needs_reference=True,
             loss=lambda b, args: dpo(b.replacement()[2], b.answer()[2], b.reference_replacement(),
                                       b.reference_answer(), args.beta),
-            recommended={"learning_rate": 2e-4, "retain": True, "beta": 0.1},
+            recommended={"learning_rate": 2e-4, "retain": True, "beta": DEFAULT_BETA},
             needs_retain=False,
         ),
         ObjectiveSpec(

@@ -274,6 +274,13 @@ def test_9_bad_settings_are_refused_by_the_config(tmp_path, field, value, messag
         LuneConfig(output_dir=str(tmp_path), **{field: value})
 
 
+@pytest.mark.parametrize("objective, beta", [("lune", 0.1), ("npo", 0.1), ("idk_dpo", 0.1), ("simnpo", 2.5)])
+def test_beta_defaults_to_the_objectives_own_and_an_explicit_value_wins(tmp_path, objective, beta):
+    # SimNPO's per-token term at 0.1 would hardly saturate (close to gradient ascent): it gets its paper's 2.5
+    assert LuneConfig(output_dir=str(tmp_path), objective=objective).beta == beta
+    assert LuneConfig(output_dir=str(tmp_path), objective=objective, beta=0.7).beta == 0.7
+
+
 def test_9_the_non_finite_message_never_suggests_the_objective_in_use(tiny, tiny_model, tmp_path):
     facts, tok = tiny
     trainer = LuneTrainer(tiny_model, _config(tmp_path / "npo", objective="npo", max_steps=5),
