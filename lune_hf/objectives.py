@@ -213,7 +213,7 @@ class ObjectiveSpec:
     needs_retain: bool  # refuses to run without retain data
     loss: Callable[[ForgetBatch, Any], torch.Tensor]  # (batch, LuneConfig) -> the forget term
     refusal_only: bool = False  # ignores the user's replacement column, always answers with a refusal
-    recommended: Mapping[str, Any] = field(default_factory=dict)  # TOFU recipe settings (benchmarks, recipes)
+    recommended: Mapping[str, Any] = field(default_factory=dict)  # TOFU recipe settings; its beta is also the default
 
 
 def _lune_loss(b: ForgetBatch, args) -> torch.Tensor:
