@@ -159,7 +159,8 @@ def log(message: str) -> None:
 
 
 def parse_objective(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"lune[learning_rate=5e-4,retain=false]"`` -> ``("lune", {"learning_rate": 5e-4, "retain": False})``."""
+    """``"lune[learning_rate=5e-4,retain=false]"`` -> ``("lune", {"learning_rate": 5e-4, "retain": False})``;
+    ``lora_target_modules=up_proj+down_proj`` -> ``["up_proj", "down_proj"]``."""
     name, _, rest = spec.partition("[")
     overrides: dict[str, Any] = {}
     if rest:
@@ -167,7 +168,9 @@ def parse_objective(spec: str) -> tuple[str, dict[str, Any]]:
             raise ValueError(f"Bad objective spec {spec!r}: expected name[key=value,...].")
         for item in filter(None, rest[:-1].split(",")):
             key, _, value = item.partition("=")
-            overrides[key.strip()] = _parse_value(value.strip())
+            key, value = key.strip(), value.strip()
+            # A list field takes its items joined by '+' (a ',' separates the overrides).
+            overrides[key] = value.split("+") if key == "lora_target_modules" else _parse_value(value)
     return name.strip(), overrides
 
 

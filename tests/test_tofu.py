@@ -367,6 +367,8 @@ def test_benchmark_objective_specs():
     assert module.parse_objective("npo") == ("npo", {})
     assert module.parse_objective("lune[learning_rate=5e-4,retain=false,replacement=perturbed]") == (
         "lune", {"learning_rate": 5e-4, "retain": False, "replacement": "perturbed"})
+    assert module.parse_objective("npo[lora_target_modules=up_proj+down_proj,beta=1]") == (
+        "npo", {"lora_target_modules": ["up_proj", "down_proj"], "beta": 1})
     with pytest.raises(ValueError):
         module.parse_objective("lune[learning_rate=1")
     assert module.base_variant("npo[learning_rate=1e-3,seed=2]") == "npo[learning_rate=1e-3]"
