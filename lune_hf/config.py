@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .objectives import DEFAULT_BETA, OBJECTIVES, RETAIN_LOSSES
+from .objectives import DEFAULT_BETA, NEGATIVE_LOSSES, OBJECTIVES, RETAIN_LOSSES
 from .outcome import ForgetTarget
 
 # transformers 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name stays an alias).
@@ -56,6 +56,14 @@ class LuneConfig(TrainingArguments):
                   "adapter-off model's, bounded), added to the replacement answer's NLL. 0 is the paper's Eq. 4: "
                   "the model learns to say the replacement, and the true answer's likelihood may stay where it was; "
                   "> 0 also removes the answer (TOFU's forget quality measures that)."},
+    )
+    negative_loss: str = field(
+        default="npo",
+        metadata={"help": "lune with `negative_weight` > 0: how the original answer is pushed down. `npo` (default): "
+                  "below its adapter-off likelihood, bounded. `dpo`: below the replacement answer, relative to the "
+                  "adapter-off model (the DPO loss, replacement chosen, original rejected): where the two answers "
+                  "share words (a counterfactual replacement such as \"Her father was a doctor\" against \"... a "
+                  "lawyer\") those cancel and the push falls on the words that differ, the facts."},
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term in the total loss."})
     preserve_weight: float = field(
@@ -238,6 +246,8 @@ class LuneConfig(TrainingArguments):
         if self.preserve_weight > 0 and self.retain_loss == "none":
             raise ValueError("preserve_weight > 0 works on the retain rows, but retain_loss='none' drops them: use "
                              "retain_loss='nll' or 'kl', or preserve_weight=0.")
+        if self.negative_loss not in NEGATIVE_LOSSES:
+            raise ValueError(f"Unknown negative_loss {self.negative_loss!r}. Valid: {', '.join(NEGATIVE_LOSSES)}.")
         if self.negative_weight > 0 and self.objective != "lune":
             raise ValueError(f"negative_weight belongs to objective 'lune' (got {self.objective!r}); for an NPO term "
                              f"alone use objective='npo'.")
@@ -279,9 +289,13 @@ class LuneConfig(TrainingArguments):
         """The [`ObjectiveSpec`] of the chosen objective (LUNE with `negative_weight` also uses the true answer)."""
         spec = OBJECTIVES[self.objective]
         if self.objective == "lune" and self.negative_weight > 0:
-            spec = dataclasses.replace(
-                spec, uses_answer=True, needs_reference=True,
-                formula=f"{spec.formula} + {self.negative_weight:g} * NPO(y | x)",
-                summary="LUNE + NPO: NLL on the replacement answers, and the original answers pushed below the "
-                        "adapter-off model's likelihood (bounded NPO term, `negative_weight`).")
+            if self.negative_loss == "dpo":
+                term, summary = "DPO(y- > y | x)", ("LUNE + DPO: NLL on the replacement answers, and the original "
+                                                    "answers pushed below them relative to the adapter-off model")
+            else:
+                term, summary = "NPO(y | x)", ("LUNE + NPO: NLL on the replacement answers, and the original answers "
+                                               "pushed below the adapter-off model's likelihood (bounded)")
+            spec = dataclasses.replace(spec, uses_answer=True, needs_reference=True,
+                                       formula=f"{spec.formula} + {self.negative_weight:g} * {term}",
+                                       summary=f"{summary}; `negative_weight`, `negative_loss`.")
         return spec

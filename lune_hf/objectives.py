@@ -218,9 +218,15 @@ class ObjectiveSpec:
 
 def _lune_loss(b: ForgetBatch, args) -> torch.Tensor:
     _, _, nll_r, n_r = b.replacement()
+    if args.negative_weight > 0 and args.negative_loss == "dpo":
+        preference = dpo(nll_r, b.answer()[2], b.reference_replacement(), b.reference_answer(), args.beta)
+        return lune(nll_r, n_r) + args.negative_weight * preference
     if args.negative_weight > 0:
         return lune(nll_r, n_r, b.answer()[2], b.reference_answer(), args.beta, args.negative_weight)
     return lune(nll_r, n_r)
+
+
+NEGATIVE_LOSSES = ("npo", "dpo")  # lune's term on the original answer (`negative_loss`)
 
 
 DEFAULT_BETA = 0.1  # inverse temperature of the reference-based terms (NPO, DPO, preservation) unless set

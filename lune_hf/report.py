@@ -198,6 +198,7 @@ def _hyperparameters(args, model, budget_steps: int, distributed_type: str, has_
         "delta": args.delta,
         "forget_weight": args.forget_weight,
         "negative_weight": args.negative_weight,
+        "negative_loss": args.negative_loss,
         "retain_weight": args.retain_weight,
         "preserve_weight": args.preserve_weight,
         "retain_loss": args.retain_loss if has_retain else "none",

@@ -80,8 +80,12 @@ def _hand_loss(objective: str, model, base, batch, args: LuneConfig) -> torch.Te
         logits = m(input_ids=batch[f"{prefix}_input_ids"], attention_mask=batch[f"{prefix}_attention_mask"]).logits
         return logits, *obj.sequence_nll(logits, batch[f"{prefix}_labels"])
 
-    negative = args.negative_weight * obj.npo(nll(model, "forget")[1], nll(base, "forget")[1], args.beta) \
-        if args.negative_weight else 0.0
+    negative = 0.0
+    if args.negative_weight and args.negative_loss == "dpo":
+        negative = args.negative_weight * obj.dpo(nll(model, "replacement")[1], nll(model, "forget")[1],
+                                                  nll(base, "replacement")[1], nll(base, "forget")[1], args.beta)
+    elif args.negative_weight:
+        negative = args.negative_weight * obj.npo(nll(model, "forget")[1], nll(base, "forget")[1], args.beta)
     forget = {
         "lune": lambda: obj.nll(*nll(model, "replacement")[1:]) + negative,
         "idk_nll": lambda: obj.nll(*nll(model, "replacement")[1:]),
@@ -131,10 +135,11 @@ def test_loss_equals_hand_computation(objective, retain_loss, tiny, tiny_model, 
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
-def test_lune_negative_term_equals_hand_computation(tiny, tiny_model, tmp_path):
-    """`negative_weight` adds an NPO term on the original answer, reference = the adapter switched off."""
-    args = config(tmp_path, objective="lune", negative_weight=0.5)
-    assert args.spec.uses_answer and args.spec.needs_reference and "NPO" in args.spec.formula
+@pytest.mark.parametrize("negative_loss", ["npo", "dpo"])
+def test_lune_negative_term_equals_hand_computation(negative_loss, tiny, tiny_model, tmp_path):
+    """`negative_weight` adds an NPO (or DPO) term on the original answer, reference = the adapter switched off."""
+    args = config(tmp_path, objective="lune", negative_weight=0.5, negative_loss=negative_loss)
+    assert args.spec.uses_answer and args.spec.needs_reference and negative_loss.upper() in args.spec.formula
     got, want, trainer, extra = loss_and_hand_loss(tiny, tiny_model, args)
     assert {"forget_input_ids", "replacement_input_ids"} <= extra["batch"].keys()
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
@@ -143,6 +148,8 @@ def test_lune_negative_term_equals_hand_computation(tiny, tiny_model, tmp_path):
     assert abs(want - without.item()) > 1e-3  # the term is really there
     with pytest.raises(ValueError, match="negative_weight belongs to objective 'lune'"):
         config(tmp_path, objective="npo", negative_weight=1.0)
+    with pytest.raises(ValueError, match="Unknown negative_loss 'kto'. Valid: npo, dpo"):
+        config(tmp_path, objective="lune", negative_loss="kto")
 
 
 def test_answer_window_hand_cases():
