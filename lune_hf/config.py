@@ -45,17 +45,17 @@ class LuneConfig(TrainingArguments):
     )
     beta: float | None = field(
         default=None,
-        metadata={"help": "Inverse temperature of npo, simnpo, idk_dpo, lune's NPO term (`negative_weight`) and the "
-                  "preservation term. Default: the objective's own, 0.1, or 2.5 for simnpo (its paper's TOFU value: "
-                  "at 0.1 its per-token term barely saturates and acts like gradient ascent)."},
+        metadata={"help": "Inverse temperature of npo, simnpo, idk_dpo, lune's NPO / DPO term (`negative_weight`) "
+                  "and the preservation term. Default: the objective's own, 0.1, or 2.5 for simnpo (its paper's "
+                  "TOFU value: at 0.1 its per-token term barely saturates and acts like gradient ascent)."},
     )
     delta: float = field(default=0.0, metadata={"help": "Margin subtracted from the per-token NLL in simnpo."})
     negative_weight: float = field(
         default=0.0,
-        metadata={"help": "lune only: weight of an NPO term on the original answer (its likelihood pushed below the "
-                  "adapter-off model's, bounded), added to the replacement answer's NLL. 0 is the paper's Eq. 4: "
-                  "the model learns to say the replacement, and the true answer's likelihood may stay where it was; "
-                  "> 0 also removes the answer (TOFU's forget quality measures that)."},
+        metadata={"help": "lune only: weight of a term on the original answer (its likelihood pushed below the "
+                  "adapter-off model's, bounded; see `negative_loss`), added to the replacement answer's NLL. 0 "
+                  "is the paper's Eq. 4: the model learns to say the replacement, and the true answer's likelihood "
+                  "may stay where it was; > 0 also removes the answer (TOFU's forget quality measures that)."},
     )
     negative_loss: str = field(
         default="npo",
