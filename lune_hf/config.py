@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .objectives import DEFAULT_BETA, NEGATIVE_LOSSES, OBJECTIVES, RETAIN_LOSSES
+from .objectives import DEFAULT_BETA, NEGATIVE_LOSSES, NEGATIVE_TOKENS, OBJECTIVES, RETAIN_LOSSES
 from .outcome import ForgetTarget
 
 # transformers 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name stays an alias).
@@ -64,6 +64,15 @@ class LuneConfig(TrainingArguments):
                   "adapter-off model (the DPO loss, replacement chosen, original rejected): where the two answers "
                   "share words (a counterfactual replacement such as \"Her father was a doctor\" against \"... a "
                   "lawyer\") those cancel and the push falls on the words that differ, the facts."},
+    )
+    negative_tokens: str = field(
+        default="all",
+        metadata={"help": "lune with `negative_weight` > 0 and `negative_loss='npo'`: which tokens of the original "
+                  "answer the push lowers. `all` (default): every token alike. `specific`: each token weighted by how "
+                  "specific it is to the forget answers, max(0, 1 - p_retain / p_forget) from the token counts of "
+                  "the forget and retain answers (needs a retain set): the names, dates and titles that carry the "
+                  "facts are pushed down, the wording the forget answers share with the retain answers (and with "
+                  "wrong answers phrased alike) is not."},
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term in the total loss."})
     preserve_weight: float = field(
@@ -248,6 +257,13 @@ class LuneConfig(TrainingArguments):
                              "retain_loss='nll' or 'kl', or preserve_weight=0.")
         if self.negative_loss not in NEGATIVE_LOSSES:
             raise ValueError(f"Unknown negative_loss {self.negative_loss!r}. Valid: {', '.join(NEGATIVE_LOSSES)}.")
+        if self.negative_tokens not in NEGATIVE_TOKENS:
+            raise ValueError(f"Unknown negative_tokens {self.negative_tokens!r}. Valid: {', '.join(NEGATIVE_TOKENS)}.")
+        if self.negative_tokens != "all" and (self.objective != "lune" or self.negative_weight == 0
+                                              or self.negative_loss != "npo"):
+            raise ValueError(f"negative_tokens={self.negative_tokens!r} weights the tokens of lune's NPO term: set "
+                             "objective='lune', negative_weight > 0 and negative_loss='npo' (the DPO term already "
+                             "cancels the words two answers share), or leave negative_tokens='all'.")
         if self.negative_weight > 0 and self.objective != "lune":
             raise ValueError(f"negative_weight belongs to objective 'lune' (got {self.objective!r}); for an NPO term "
                              f"alone use objective='npo'.")
@@ -295,7 +311,9 @@ class LuneConfig(TrainingArguments):
             else:
                 term, summary = "NPO(y | x)", ("LUNE + NPO: NLL on the replacement answers, and the original answers "
                                                "pushed below the adapter-off model's likelihood (bounded)")
+                if self.negative_tokens == "specific":
+                    term, summary = "NPO_w(y | x)", f"{summary}, each token weighted by how specific it is to them"
             spec = dataclasses.replace(spec, uses_answer=True, needs_reference=True,
                                        formula=f"{spec.formula} + {self.negative_weight:g} * {term}",
-                                       summary=f"{summary}; `negative_weight`, `negative_loss`.")
+                                       summary=f"{summary}; `negative_weight`, `negative_loss`, `negative_tokens`.")
         return spec

@@ -11,7 +11,7 @@ unlearning (with LoRA: the same weights with the adapter disabled).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,10 +55,36 @@ def greedy_matches(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return out, mask
 
 
-def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed answer NLL ``l(y|x)`` per sequence [B] and the number of answer tokens ``|y|`` per sequence [B]."""
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor,
+                 token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer NLL ``l(y|x)`` per sequence [B] and the number of answer tokens ``|y|`` per sequence [B].
+
+    With `token_weights` (one weight per vocabulary id, [V]) each token's NLL is multiplied by its id's weight:
+    ``l_w(y|x) = sum_t w(y_t) * -log p(y_t | x, y_<t)``."""
     logps, mask = token_logprobs(logits, labels)
+    if token_weights is not None:
+        logps = logps * token_weights.to(logps.device)[labels[:, 1:].clamp(min=0)]
     return -logps.sum(-1), mask.sum(-1)
+
+
+def specific_token_weights(forget_tokens: Sequence[Sequence[int]], retain_tokens: Sequence[Sequence[int]],
+                           vocab_size: int) -> torch.Tensor:
+    """How specific each vocabulary id is to the forget answers, [V] in [0, 1]:
+    ``w(t) = max(0, 1 - p_retain(t) / p_forget(t))`` with ``p`` the id's share of the answer tokens of each set
+    (0 for ids absent from the forget answers).
+
+    Ids the retain answers use as often as the forget answers (function words, the wording both sets share) get 0;
+    ids that occur only in the forget answers (the names, places and titles that carry the facts) get 1."""
+    def shares(sequences: Sequence[Sequence[int]], name: str) -> torch.Tensor:
+        ids = torch.tensor([t for seq in sequences for t in seq], dtype=torch.long)
+        if not ids.numel():
+            raise ValueError(f"Specific token weights need answer tokens in the {name} set; it has none.")
+        counts = torch.bincount(ids, minlength=vocab_size)[:vocab_size].double()
+        return counts / counts.sum()
+
+    p_forget, p_retain = shares(forget_tokens, "forget"), shares(retain_tokens, "retain")
+    weights = (1.0 - p_retain / p_forget.clamp(min=torch.finfo(torch.float64).tiny)).clamp(min=0.0)
+    return torch.where(p_forget > 0, weights, torch.zeros_like(weights)).float()
 
 
 def _per_sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -173,13 +199,17 @@ class ForgetBatch:
 
     `answer()` / `replacement()`: (logits, labels, summed NLL [B], answer tokens [B]) of the original and the
     replacement answers under the trained model; `reference_answer()` / `reference_replacement()`: the summed NLL
-    [B] under the reference (the adapter switched off, or `ref_model`).
+    [B] under the reference (the adapter switched off, or `ref_model`). `pushed_answer()` /
+    `reference_pushed_answer()`: the original answer's summed NLL as a push on it sees it, each token weighted by
+    `token_weights` when given (see [`specific_token_weights`]), unweighted otherwise.
     """
 
-    def __init__(self, stats: Callable[[str], tuple], reference_nll: Callable[[str], torch.Tensor],
-                 answer_prefix: str = "forget", replacement_prefix: str = "replacement") -> None:
+    def __init__(self, stats: Callable[[str], tuple], reference_nll: Callable[..., torch.Tensor],
+                 answer_prefix: str = "forget", replacement_prefix: str = "replacement",
+                 token_weights: torch.Tensor | None = None) -> None:
         self._stats, self._reference, self._cache = stats, reference_nll, {}
         self._answer, self._replacement = answer_prefix, replacement_prefix
+        self._weights = token_weights
 
     def _get(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -197,6 +227,16 @@ class ForgetBatch:
 
     def reference_replacement(self) -> torch.Tensor:
         return self._get("reference_replacement", lambda: self._reference(self._replacement))
+
+    def pushed_answer(self) -> torch.Tensor:
+        if self._weights is None:
+            return self.answer()[2]
+        return self._get("pushed_answer", lambda: sequence_nll(*self.answer()[:2], self._weights)[0])
+
+    def reference_pushed_answer(self) -> torch.Tensor:
+        if self._weights is None:
+            return self.reference_answer()
+        return self._get("reference_pushed_answer", lambda: self._reference(self._answer, self._weights))
 
 
 @dataclass(frozen=True)
@@ -222,11 +262,12 @@ def _lune_loss(b: ForgetBatch, args) -> torch.Tensor:
         preference = dpo(nll_r, b.answer()[2], b.reference_replacement(), b.reference_answer(), args.beta)
         return lune(nll_r, n_r) + args.negative_weight * preference
     if args.negative_weight > 0:
-        return lune(nll_r, n_r, b.answer()[2], b.reference_answer(), args.beta, args.negative_weight)
+        return lune(nll_r, n_r, b.pushed_answer(), b.reference_pushed_answer(), args.beta, args.negative_weight)
     return lune(nll_r, n_r)
 
 
 NEGATIVE_LOSSES = ("npo", "dpo")  # lune's term on the original answer (`negative_loss`)
+NEGATIVE_TOKENS = ("all", "specific")  # which of the original answer's tokens lune's NPO term pushes down
 
 
 DEFAULT_BETA = 0.1  # inverse temperature of the reference-based terms (NPO, DPO, preservation) unless set

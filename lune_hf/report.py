@@ -199,6 +199,7 @@ def _hyperparameters(args, model, budget_steps: int, distributed_type: str, has_
         "forget_weight": args.forget_weight,
         "negative_weight": args.negative_weight,
         "negative_loss": args.negative_loss,
+        "negative_tokens": args.negative_tokens,
         "retain_weight": args.retain_weight,
         "preserve_weight": args.preserve_weight,
         "retain_loss": args.retain_loss if has_retain else "none",

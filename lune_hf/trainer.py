@@ -150,6 +150,7 @@ class LuneTrainer(Trainer):
         self.base_model_id = _base_model_id(model, model_id)
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
         train_tokens, eval_tokens = _tokenised(args, processing_class, train_dataset, retain_dataset, eval_dataset)
+        self.token_weights = _push_weights(args, train_tokens, model, processing_class)
 
         super().__init__(
             model=model,
@@ -243,9 +244,9 @@ class LuneTrainer(Trainer):
             logged[f"logps/{prefix}"] = (-nll_sum / n_tok.clamp(min=1)).mean().detach()
             return logits, labels, nll_sum, n_tok
 
-        def reference_nll(prefix: str) -> torch.Tensor:
+        def reference_nll(prefix: str, token_weights: torch.Tensor | None = None) -> torch.Tensor:
             with self._reference(model) as ref:
-                return obj.sequence_nll(*self._logits(ref, inputs, prefix))[0]
+                return obj.sequence_nll(*self._logits(ref, inputs, prefix), token_weights)[0]
 
         if f"{FORGET_PREFIX}_input_ids" in inputs or f"{REPLACEMENT_PREFIX}_input_ids" in inputs:
             loss = args.forget_weight * self._forget_loss(inputs, answer_stats, reference_nll, logged)
@@ -281,7 +282,7 @@ class LuneTrainer(Trainer):
     def _forget_loss(self, inputs, answer_stats, reference_nll, logged) -> torch.Tensor:
         """The objective's forget term on a batch of forget rows: its registry entry's loss."""
         spec = self.args.spec
-        batch = obj.ForgetBatch(answer_stats, reference_nll, FORGET_PREFIX, REPLACEMENT_PREFIX)
+        batch = obj.ForgetBatch(answer_stats, reference_nll, FORGET_PREFIX, REPLACEMENT_PREFIX, self.token_weights)
         if spec.uses_answer:  # the answer's forward first, then the replacement's (a fixed order of dropout draws)
             batch.answer()
         if spec.uses_replacement:
@@ -680,6 +681,10 @@ def _check_data(args: LuneConfig, train_dataset, retain_dataset, eval_dataset) -
             validate_columns(rows, f"eval_dataset[{name!r}]" if name != "eval" else "eval_dataset")
     if args.spec.needs_retain and retain_dataset is None:
         raise ValueError(f"The objective {args.objective!r} needs a retain set: pass `retain_dataset`.")
+    if args.negative_tokens == "specific" and (retain_dataset is None or args.retain_loss == "none"):
+        raise ValueError("negative_tokens='specific' weighs each forget-answer token against how often the retain "
+                         "answers use it, but no retain rows are trained on: pass `retain_dataset` (with "
+                         "retain_loss 'nll' or 'kl'), or negative_tokens='all'.")
     if args.preserve_weight > 0 and retain_dataset is None:
         raise ValueError(f"preserve_weight={args.preserve_weight:g} keeps the retain prompts answered, but no retain "
                          "set was given: pass `retain_dataset` (prompt/completion rows), or preserve_weight=0.")
@@ -736,6 +741,25 @@ def _tokenised(args: LuneConfig, tokenizer, train_dataset, retain_dataset, eval_
     else:
         eval_tokens = validation(eval_dataset, "eval_dataset") if eval_dataset is not None else None
     return train_tokens, eval_tokens
+
+
+def _push_weights(args: LuneConfig, tokens: UnlearningDataset, model, tokenizer) -> torch.Tensor | None:
+    """Per-vocabulary-id weights of lune's push on the original answer (`negative_tokens='specific'`), or None."""
+    if args.negative_tokens != "specific":
+        return None
+
+    def answers(rows: list[dict[str, list[int]]], prefix: str) -> list[list[int]]:
+        return [[t for t in row[f"{prefix}_labels"] if t != obj.IGNORE_INDEX] for row in rows]
+
+    forget = answers(tokens.forget, FORGET_PREFIX)
+    weights = obj.specific_token_weights(forget, answers(tokens.retain, RETAIN_PREFIX),
+                                         model.get_input_embeddings().num_embeddings)
+    pushed = torch.tensor([t for seq in forget for t in seq])
+    top = sorted(set(pushed.tolist()), key=lambda t: -weights[t].item())[:12]
+    logger.info("negative_tokens='specific': the push carries %.0f%% of the weight `all` would give the forget "
+                "answers' tokens; fully pushed (weight 1) e.g. %s", 100 * weights[pushed].mean().item(),
+                ", ".join(repr(tokenizer.decode([t])) for t in top if weights[t] >= 1.0) or "none")
+    return weights
 
 
 def _base_model_id(model, model_id: str | None) -> str | None:

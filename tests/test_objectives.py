@@ -27,6 +27,25 @@ def test_sequence_nll_by_hand():
     assert n.tolist() == [2]
 
 
+def test_weighted_sequence_nll_by_hand():
+    # Token 1 (NLL ln 2) weighted 0.5, token 2 (NLL ln 5) weighted 1; token 0 is the masked prompt.
+    weights = torch.tensor([7.0, 0.5, 1.0])
+    nll_sum, n = obj.sequence_nll(LOGITS, LABELS, weights)
+    assert nll_sum.item() == pytest.approx(0.5 * LN(2) + LN(5), abs=1e-6)
+    assert n.tolist() == [2]  # the token count is unweighted
+    assert obj.sequence_nll(LOGITS, LABELS, torch.ones(3))[0].item() == pytest.approx(LN(10), abs=1e-6)
+
+
+def test_specific_token_weights_by_hand():
+    # forget answer tokens 1, 2, 2, 3: shares 1/4, 1/2, 1/4; retain 1, 1, 2, 4: shares 1/2, 1/4, 0, 1/4.
+    weights = obj.specific_token_weights([[1, 2], [2, 3]], [[1, 1, 2, 4]], vocab_size=6)
+    # w = max(0, 1 - p_retain / p_forget): 1 -> max(0, 1 - 2) = 0, 2 -> 1 - 1/2, 3 -> 1 (forget only),
+    # 4 and the unused ids 0, 5 -> 0 (absent from the forget answers).
+    assert weights.tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="answer tokens in the retain set"):
+        obj.specific_token_weights([[1]], [[]], vocab_size=3)
+
+
 def test_token_logprobs_mask_prompt():
     logps, mask = obj.token_logprobs(LOGITS, LABELS)
     assert mask.tolist() == [[True, True]]

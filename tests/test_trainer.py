@@ -73,19 +73,21 @@ def test_every_objective_moves_only_lora(objective, tiny, tiny_model, tmp_path):
         assert "logps/replacement" in logged
 
 
-def _hand_loss(objective: str, model, base, batch, args: LuneConfig) -> torch.Tensor:
+def _hand_loss(objective: str, model, base, batch, args: LuneConfig,
+               token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The loss recomputed from raw forward passes (base = an independent copy of the frozen model)."""
 
-    def nll(m, prefix):
+    def nll(m, prefix, weights=None):
         logits = m(input_ids=batch[f"{prefix}_input_ids"], attention_mask=batch[f"{prefix}_attention_mask"]).logits
-        return logits, *obj.sequence_nll(logits, batch[f"{prefix}_labels"])
+        return logits, *obj.sequence_nll(logits, batch[f"{prefix}_labels"], weights)
 
     negative = 0.0
     if args.negative_weight and args.negative_loss == "dpo":
         negative = args.negative_weight * obj.dpo(nll(model, "replacement")[1], nll(model, "forget")[1],
                                                   nll(base, "replacement")[1], nll(base, "forget")[1], args.beta)
     elif args.negative_weight:
-        negative = args.negative_weight * obj.npo(nll(model, "forget")[1], nll(base, "forget")[1], args.beta)
+        negative = args.negative_weight * obj.npo(nll(model, "forget", token_weights)[1],
+                                                  nll(base, "forget", token_weights)[1], args.beta)
     forget = {
         "lune": lambda: obj.nll(*nll(model, "replacement")[1:]) + negative,
         "idk_nll": lambda: obj.nll(*nll(model, "replacement")[1:]),
@@ -108,13 +110,13 @@ def _hand_loss(objective: str, model, base, batch, args: LuneConfig) -> torch.Te
     return args.forget_weight * forget + args.retain_weight * retain + args.preserve_weight * preserve
 
 
-def loss_and_hand_loss(tiny, tiny_model, args: LuneConfig) -> tuple[float, float, LuneTrainer, dict]:
+def loss_and_hand_loss(tiny, tiny_model, args: LuneConfig, token_weights=None,
+                       forget=range(4), retain=range(4, 8)) -> tuple[float, float, LuneTrainer, dict]:
     """`compute_loss` and `_hand_loss` on one batch, the adapter moved off zero so that model and reference differ."""
     facts, tok = tiny
     base = copy.deepcopy(tiny_model).eval()
-    trainer = LuneTrainer(
-        tiny_model, args, train_dataset=rows(facts[:4]), retain_dataset=rows(facts[4:8]), processing_class=tok
-    )
+    trainer = LuneTrainer(tiny_model, args, train_dataset=rows([facts[i] for i in forget]),
+                          retain_dataset=rows([facts[i] for i in retain]), processing_class=tok)
     with torch.no_grad():
         for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
@@ -123,7 +125,7 @@ def loss_and_hand_loss(tiny, tiny_model, args: LuneConfig) -> tuple[float, float
     batch = UnlearningCollator(tok.pad_token_id)([trainer.train_dataset[i] for i in range(4)])
     with torch.no_grad():
         got = trainer.compute_loss(trainer.model, batch)
-        want = _hand_loss(args.objective, trainer.model, base, batch, args)
+        want = _hand_loss(args.objective, trainer.model, base, batch, args, token_weights)
     return got.item(), want.item(), trainer, {"base": base, "batch": batch}
 
 
@@ -150,6 +152,32 @@ def test_lune_negative_term_equals_hand_computation(negative_loss, tiny, tiny_mo
         config(tmp_path, objective="npo", negative_weight=1.0)
     with pytest.raises(ValueError, match="Unknown negative_loss 'kto'. Valid: npo, dpo"):
         config(tmp_path, objective="lune", negative_loss="kto")
+
+
+def test_lune_push_on_specific_tokens_equals_hand_computation(tiny, tiny_model, tmp_path):
+    """`negative_tokens='specific'`: the NPO term's NLLs weight each token by how specific it is to the forget
+    answers, counted from the tokenised forget and retain answers."""
+    facts, tok = tiny
+    args = config(tmp_path, objective="lune", negative_weight=0.5, negative_tokens="specific")
+    assert "NPO_w" in args.spec.formula
+    # Forget answers "Mun Pothbo", "bicycles", "maps", "1972"; the retain answers repeat the first three.
+    forget, retain = [8, 18, 14, 3], [24, 22, 30, 5]
+    answers = [tok(facts[i].completion, add_special_tokens=False)["input_ids"] for i in forget + retain]
+    weights = obj.specific_token_weights(answers[:4], answers[4:], len(tok))
+    assert weights.count_nonzero() == 1 and weights[answers[3]].tolist() == [1.0]  # only "1972" is pushed
+    got, want, trainer, extra = loss_and_hand_loss(tiny, tiny_model, args, weights, forget, retain)
+    assert torch.equal(trainer.token_weights[:len(tok)], weights)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    with torch.no_grad():
+        unweighted = _hand_loss("lune", trainer.model, extra["base"], extra["batch"], args)
+    assert abs(want - unweighted.item()) > 1e-3  # the weights really change the term
+    with pytest.raises(ValueError, match="Unknown negative_tokens 'some'"):
+        config(tmp_path, objective="lune", negative_weight=1.0, negative_tokens="some")
+    for bad in ({"negative_weight": 0.0}, {"negative_weight": 1.0, "negative_loss": "dpo"}):
+        with pytest.raises(ValueError, match="weights the tokens of lune's NPO term"):
+            config(tmp_path, objective="lune", negative_tokens="specific", **bad)
+    with pytest.raises(ValueError, match="no retain rows are trained on: pass `retain_dataset`"):
+        LuneTrainer(tiny_model, args, train_dataset=rows(facts[:4]), processing_class=tok)
 
 
 def test_answer_window_hand_cases():
