@@ -416,3 +416,4 @@ def test_non_finite_loss_stops_and_keeps_last_good_adapter(tiny, tiny_model, tmp
     assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k), "step-2 weights expected"
     report = json.loads((out / REPORT_FILE).read_text())
     assert report["status"] == "failed" and "non-finite" in report["status_detail"]
+
