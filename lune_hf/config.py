@@ -72,7 +72,8 @@ class LuneConfig(TrainingArguments):
                   "specific it is to the forget answers, max(0, 1 - p_retain / p_forget) from the token counts of "
                   "the forget and retain answers (needs a retain set): the names, dates and titles that carry the "
                   "facts are pushed down, the wording the forget answers share with the retain answers (and with "
-                  "wrong answers phrased alike) is not."},
+                  "wrong answers phrased alike) is not. Experimental: on TOFU forget05 it forgot less than `all` "
+                  "and cost more utility on questions no retain row covers (benchmarks/results/tofu_cpu_notes.md)."},
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term in the total loss."})
     preserve_weight: float = field(
