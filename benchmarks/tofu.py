@@ -49,6 +49,7 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -907,12 +908,16 @@ def render_scatter(rows: list[dict[str, Any]], path: Path) -> None:
         return
     # Points carry a number; the key under each panel names the row (variant names are too long to print beside
     # points that sit close together).
-    most = max(sum(g["split"] == split for g in grouped) for split in splits)
-    fig, axes = plt.subplots(1, len(splits), figsize=(7.5 * len(splits), 5 + 0.16 * most), squeeze=False)
+    # Each panel's key is wrapped to its width (long variant names would run into the next panel's key).
+    keys = {split: [textwrap.fill(f"{number}: {g['variant'].replace(',', ', ')}" + (" (quick)" if g["quick"] else ""),
+                                  100, subsequent_indent="    ", break_on_hyphens=False)
+                    for number, g in enumerate((g for g in grouped if g["split"] == split), start=1)]
+            for split in splits}
+    most = max(sum(key.count("\n") + 1 for key in lines) for lines in keys.values())
+    fig, axes = plt.subplots(1, len(splits), figsize=(7.5 * len(splits), 5 + 0.12 * most), squeeze=False)
     for ax, split in zip(axes[0], splits, strict=True):
         entries = [g for g in grouped if g["split"] == split]
         finetuned = next((g["model_utility"] for g in entries if g["objective"] == "finetuned"), None)
-        key = []
         for number, g in enumerate(entries, start=1):
             colour = {"finetuned": "black", "retain": "grey", "lune": "tab:red"}.get(g["objective"], "tab:blue")
             marker = "s" if g["objective"] in ("finetuned", "retain") else ("*" if g["objective"] == "lune" else "o")
@@ -921,8 +926,7 @@ def render_scatter(rows: list[dict[str, Any]], path: Path) -> None:
                         alpha=0.5 if g["quick"] else 1.0)
             ax.annotate(str(number), (g["model_utility"], max(g["forget_quality"], 1e-12)), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-            key.append(f"{number}: {g['variant']}" + (" (quick)" if g["quick"] else ""))
-        ax.text(0, -0.12, "\n".join(key), transform=ax.transAxes, fontsize=6.5, va="top", family="monospace")
+        ax.text(0, -0.12, "\n".join(keys[split]), transform=ax.transAxes, fontsize=6.5, va="top", family="monospace")
         if split in TARGETS and finetuned:
             fq, utility, _ = TARGETS[split]
             ax.axhspan(fq, 1.5, xmin=0, xmax=1, alpha=0.05, color="green")
