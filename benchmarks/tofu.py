@@ -909,14 +909,15 @@ def render_scatter(rows: list[dict[str, Any]], path: Path) -> None:
     # Points carry a number; the key under each panel names the row (variant names are too long to print beside
     # points that sit close together).
     # Each panel's key is wrapped to its width (long variant names would run into the next panel's key).
+    by_split = {split: [g for g in grouped if g["split"] == split] for split in splits}
     keys = {split: [textwrap.fill(f"{number}: {g['variant'].replace(',', ', ')}" + (" (quick)" if g["quick"] else ""),
                                   100, subsequent_indent="    ", break_on_hyphens=False)
-                    for number, g in enumerate((g for g in grouped if g["split"] == split), start=1)]
-            for split in splits}
+                    for number, g in enumerate(entries, start=1)]
+            for split, entries in by_split.items()}
     most = max(sum(key.count("\n") + 1 for key in lines) for lines in keys.values())
     fig, axes = plt.subplots(1, len(splits), figsize=(7.5 * len(splits), 5 + 0.12 * most), squeeze=False)
     for ax, split in zip(axes[0], splits, strict=True):
-        entries = [g for g in grouped if g["split"] == split]
+        entries = by_split[split]
         finetuned = next((g["model_utility"] for g in entries if g["objective"] == "finetuned"), None)
         for number, g in enumerate(entries, start=1):
             colour = {"finetuned": "black", "retain": "grey", "lune": "tab:red"}.get(g["objective"], "tab:blue")
