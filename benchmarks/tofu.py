@@ -34,7 +34,8 @@ perturbed answers as replacement targets instead of refusals - the same wrong an
 not a clean result - or ``replacement=base`` for the base model's own greedy answers to the forget questions
 (made-up answers of a model that never saw TOFU), ``anchor=general`` to add the finetuned model's own answers to the
 general questions of ``benchmarks/data/general_questions.txt`` to the retain rows, ``anchor=general+literature`` to
-add those of ``literature_questions.txt`` (other real books) as well), e.g.
+add those of ``literature_questions.txt`` (other real books) as well, ``teacher_model=base`` for the base model
+(before its TOFU fine-tune) as the teacher of ``negative_loss=distill``), e.g.
 ``lune[learning_rate=5e-4,replacement=base]``.
 """
 
@@ -515,6 +516,8 @@ class Benchmark:
         overrides = dict(overrides)
         forget = forget_rows
         replacement, anchors = pop_data_options(overrides)
+        if overrides.get("teacher_model") == "base":  # negative_loss=distill toward the model before fine-tuning
+            overrides["teacher_model"] = str(self.model_path)
         for name in anchors:
             retain_rows = with_anchor(retain_rows, self.anchor_rows(split, ft_dir, sets, name))
         targets = None  # what replacement_share counts as intended answers (default: the refusal sentences)

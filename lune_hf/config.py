@@ -63,7 +63,17 @@ class LuneConfig(TrainingArguments):
                   "below its adapter-off likelihood, bounded. `dpo`: below the replacement answer, relative to the "
                   "adapter-off model (the DPO loss, replacement chosen, original rejected): where the two answers "
                   "share words (a counterfactual replacement such as \"Her father was a doctor\" against \"... a "
-                  "lawyer\") those cancel and the push falls on the words that differ, the facts."},
+                  "lawyer\") those cancel and the push falls on the words that differ, the facts. `distill`: toward "
+                  "a teacher that never learnt the forget set (`teacher_model`, e.g. the model before the fine-tune "
+                  "that taught it the facts): KL(teacher || theta) at every token of the original answer, so the "
+                  "answer becomes as likely, token by token, as to a model that never saw it (a target, not a push "
+                  "without floor: rows already forgotten are not pushed further)."},
+    )
+    teacher_model: str | None = field(
+        default=None,
+        metadata={"help": "`negative_loss='distill'`: path or Hub id of the teacher, a causal LM with the trained "
+                  "model's vocabulary that never learnt the forget set (loaded frozen, in the model's dtype, beside "
+                  "it: one more model in memory). `LuneTrainer(teacher_model=...)` also takes a loaded model."},
     )
     negative_tokens: str = field(
         default="all",
@@ -265,6 +275,9 @@ class LuneConfig(TrainingArguments):
             raise ValueError(f"negative_tokens={self.negative_tokens!r} weights the tokens of lune's NPO term: set "
                              "objective='lune', negative_weight > 0 and negative_loss='npo' (the DPO term already "
                              "cancels the words two answers share), or leave negative_tokens='all'.")
+        if self.teacher_model is not None and self.negative_loss != "distill":
+            raise ValueError(f"teacher_model={self.teacher_model!r} is the target of negative_loss='distill' (got "
+                             f"{self.negative_loss!r}): set negative_loss='distill' or leave teacher_model unset.")
         if self.negative_weight > 0 and self.objective != "lune":
             raise ValueError(f"negative_weight belongs to objective 'lune' (got {self.objective!r}); for an NPO term "
                              f"alone use objective='npo'.")
@@ -306,7 +319,12 @@ class LuneConfig(TrainingArguments):
         """The [`ObjectiveSpec`] of the chosen objective (LUNE with `negative_weight` also uses the true answer)."""
         spec = OBJECTIVES[self.objective]
         if self.objective == "lune" and self.negative_weight > 0:
-            if self.negative_loss == "dpo":
+            needs_reference = self.negative_loss != "distill"
+            if self.negative_loss == "distill":
+                term, summary = "KL(teacher || theta)(y | x)", ("LUNE + distillation: NLL on the replacement answers, "
+                                                                "and the original answers' token distributions "
+                                                                "pulled toward a teacher that never learnt them")
+            elif self.negative_loss == "dpo":
                 term, summary = "DPO(y- > y | x)", ("LUNE + DPO: NLL on the replacement answers, and the original "
                                                     "answers pushed below them relative to the adapter-off model")
             else:
@@ -314,7 +332,7 @@ class LuneConfig(TrainingArguments):
                                                "pushed below the adapter-off model's likelihood (bounded)")
                 if self.negative_tokens == "specific":
                     term, summary = "NPO_w(y | x)", f"{summary}, each token weighted by how specific it is to them"
-            spec = dataclasses.replace(spec, uses_answer=True, needs_reference=True,
+            spec = dataclasses.replace(spec, uses_answer=True, needs_reference=needs_reference,
                                        formula=f"{spec.formula} + {self.negative_weight:g} * {term}",
                                        summary=f"{summary}; `negative_weight`, `negative_loss`, `negative_tokens`.")
         return spec

@@ -201,15 +201,17 @@ class ForgetBatch:
     replacement answers under the trained model; `reference_answer()` / `reference_replacement()`: the summed NLL
     [B] under the reference (the adapter switched off, or `ref_model`). `pushed_answer()` /
     `reference_pushed_answer()`: the original answer's summed NLL as a push on it sees it, each token weighted by
-    `token_weights` when given (see [`specific_token_weights`]), unweighted otherwise.
+    `token_weights` when given (see [`specific_token_weights`]), unweighted otherwise. `teacher_answer()`: the
+    original answer's logits under the teacher (a model that never learnt the forget set), when one is given.
     """
 
     def __init__(self, stats: Callable[[str], tuple], reference_nll: Callable[..., torch.Tensor],
                  answer_prefix: str = "forget", replacement_prefix: str = "replacement",
-                 token_weights: torch.Tensor | None = None) -> None:
+                 token_weights: torch.Tensor | None = None,
+                 teacher_logits: Callable[[str], torch.Tensor] | None = None) -> None:
         self._stats, self._reference, self._cache = stats, reference_nll, {}
         self._answer, self._replacement = answer_prefix, replacement_prefix
-        self._weights = token_weights
+        self._weights, self._teacher = token_weights, teacher_logits
 
     def _get(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -238,6 +240,11 @@ class ForgetBatch:
             return self.reference_answer()
         return self._get("reference_pushed_answer", lambda: self._reference(self._answer, self._weights))
 
+    def teacher_answer(self) -> torch.Tensor:
+        if self._teacher is None:
+            raise ValueError("negative_loss='distill' needs a teacher model (`teacher_model`).")
+        return self._get("teacher_answer", lambda: self._teacher(self._answer))
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
@@ -261,12 +268,15 @@ def _lune_loss(b: ForgetBatch, args) -> torch.Tensor:
     if args.negative_weight > 0 and args.negative_loss == "dpo":
         preference = dpo(nll_r, b.answer()[2], b.reference_replacement(), b.reference_answer(), args.beta)
         return lune(nll_r, n_r) + args.negative_weight * preference
+    if args.negative_weight > 0 and args.negative_loss == "distill":
+        logits, labels = b.answer()[:2]
+        return lune(nll_r, n_r) + args.negative_weight * kl_divergence(logits, b.teacher_answer(), labels)
     if args.negative_weight > 0:
         return lune(nll_r, n_r, b.pushed_answer(), b.reference_pushed_answer(), args.beta, args.negative_weight)
     return lune(nll_r, n_r)
 
 
-NEGATIVE_LOSSES = ("npo", "dpo")  # lune's term on the original answer (`negative_loss`)
+NEGATIVE_LOSSES = ("npo", "dpo", "distill")  # lune's term on the original answer (`negative_loss`)
 NEGATIVE_TOKENS = ("all", "specific")  # which of the original answer's tokens lune's NPO term pushes down
 
 

@@ -123,7 +123,8 @@ def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_s
                      base_model_id: str | None, forget_rows, retain_rows=None, status: RunStatus = RunStatus.COMPLETED,
                      status_detail: str = "", outcome=None, stop_reason: str | None = None,
                      distributed_type: str = "NO", robustness: list[dict[str, Any]] | None = None,
-                     forget_commitment: dict[str, Any] | None = None) -> dict[str, Any]:
+                     forget_commitment: dict[str, Any] | None = None,
+                     teacher_model: str | None = None) -> dict[str, Any]:
     """Everything the model card needs about a `LuneTrainer` run, from explicit values.
 
     Args:
@@ -131,6 +132,7 @@ def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_s
         model: the trained model, unwrapped (a `PeftModel` for adapter runs).
         log_history / global_step / budget_steps: the Trainer state's log, steps taken and step budget.
         base_model_id: where the backbone came from (Hub id or absolute folder).
+        teacher_model: the teacher of `negative_loss='distill'` (Hub id, folder or class name), if any.
         forget_rows / retain_rows: the datasets trained on (their row counts and fingerprints are recorded).
         status / status_detail: completed or failed, and why.
         outcome: the trainer's `Outcome` (before/after checks, verdict), if it measured one.
@@ -157,7 +159,8 @@ def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_s
         "status_detail": status_detail,
         "base_model": base_model_id,
         "objective": {"name": spec.name, "formula": spec.formula, "summary": spec.summary},
-        "hyperparameters": _hyperparameters(args, model, budget_steps, distributed_type, retain_rows is not None),
+        "hyperparameters": _hyperparameters(args, model, budget_steps, distributed_type, retain_rows is not None,
+                                            teacher_model),
         "parameters": {"trainable": n_trainable, "total": n_total},
         "base_config": base_config_summary(model),
         "global_step": global_step,
@@ -180,7 +183,8 @@ def build_run_report(*, args, model, log_history: list[dict[str, Any]], global_s
     }
 
 
-def _hyperparameters(args, model, budget_steps: int, distributed_type: str, has_retain: bool) -> dict[str, Any]:
+def _hyperparameters(args, model, budget_steps: int, distributed_type: str, has_retain: bool,
+                     teacher_model: str | None = None) -> dict[str, Any]:
     """The settings a reader needs to reproduce the run (LoRA's from the model itself)."""
     return {
         "learning_rate": args.learning_rate,
@@ -200,6 +204,7 @@ def _hyperparameters(args, model, budget_steps: int, distributed_type: str, has_
         "negative_weight": args.negative_weight,
         "negative_loss": args.negative_loss,
         "negative_tokens": args.negative_tokens,
+        **({"teacher_model": teacher_model} if teacher_model else {}),
         "retain_weight": args.retain_weight,
         "preserve_weight": args.preserve_weight,
         "retain_loss": args.retain_loss if has_retain else "none",

@@ -103,6 +103,9 @@ class LuneTrainer(Trainer):
         peft_config: the LoRA config; default [`default_lora_config`]. Ignored for a `PeftModel`.
         ref_model: optional separate reference model. By default the reference is the same model with its
             adapter disabled, so no second copy lives in memory.
+        teacher_model: `negative_loss='distill'` only: a model (or its path / Hub id) that never learnt the forget
+            set, with the trained model's vocabulary; the original answers are pulled toward its token
+            distributions. Default: `args.teacher_model`.
         formatting_func: as in TRL's `SFTTrainer`: turns a row into its text; every set's rows become raw `text`.
         quantization_config: as in `SFTTrainer`: used to load `model` when it is an id.
 
@@ -124,6 +127,7 @@ class LuneTrainer(Trainer):
         processing_class: PreTrainedTokenizerBase | None = None,
         peft_config: PeftConfig | None = None,
         ref_model: PreTrainedModel | None = None,
+        teacher_model: PreTrainedModel | str | None = None,
         data_collator=None,
         callbacks=None,
         optimizers=(None, None),
@@ -147,6 +151,7 @@ class LuneTrainer(Trainer):
         _check_data(args, train_dataset, retain_dataset, eval_dataset)  # before any model loads
         model, processing_class = _model_and_tokenizer(model, processing_class, args, peft_config, ref_model)
         self.ref_model = ref_model
+        self.teacher_model, self.teacher_model_id = _teacher(args, teacher_model, model)
         self.base_model_id = _base_model_id(model, model_id)
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
         train_tokens, eval_tokens = _tokenised(args, processing_class, train_dataset, retain_dataset, eval_dataset)
@@ -165,6 +170,8 @@ class LuneTrainer(Trainer):
         )
         if self.ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+        if self.teacher_model is not None:
+            self.teacher_model = self.accelerator.prepare_model(self.teacher_model, evaluation_mode=True)
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list),
                                                                    "eval": defaultdict(list)}
         self._last_good: dict[str, torch.Tensor] | None = None
@@ -282,7 +289,8 @@ class LuneTrainer(Trainer):
     def _forget_loss(self, inputs, answer_stats, reference_nll, logged) -> torch.Tensor:
         """The objective's forget term on a batch of forget rows: its registry entry's loss."""
         spec = self.args.spec
-        batch = obj.ForgetBatch(answer_stats, reference_nll, FORGET_PREFIX, REPLACEMENT_PREFIX, self.token_weights)
+        batch = obj.ForgetBatch(answer_stats, reference_nll, FORGET_PREFIX, REPLACEMENT_PREFIX, self.token_weights,
+                                self._teacher_logits(inputs) if self.teacher_model is not None else None)
         if spec.uses_answer:  # the answer's forward first, then the replacement's (a fixed order of dropout draws)
             batch.answer()
         if spec.uses_replacement:
@@ -290,6 +298,12 @@ class LuneTrainer(Trainer):
         forget_loss = spec.loss(batch, self.args)
         logged["loss/forget"] = forget_loss.detach()
         return forget_loss
+
+    def _teacher_logits(self, inputs):
+        def logits(prefix: str) -> torch.Tensor:
+            with torch.no_grad():
+                return self._logits(self.teacher_model, inputs, prefix)[0]
+        return logits
 
     def _guard_finite(self, model, loss: torch.Tensor) -> None:
         """Keep a copy of the adapter weights that gave a finite loss; on NaN/inf restore it, save and stop.
@@ -486,6 +500,7 @@ class LuneTrainer(Trainer):
             distributed_type=str(getattr(self.accelerator.distributed_type, "value", "NO")),
             robustness=self.robustness,
             forget_commitment=commit_rows(self.forget_dataset, load_or_create_key(self.args.output_dir)),
+            teacher_model=self.teacher_model_id,
         )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -713,6 +728,38 @@ def _model_and_tokenizer(model, processing_class, args: LuneConfig, peft_config,
             and not isinstance(model, PeftModel):
         raise ValueError(f"{args.objective!r} needs a reference: train with LoRA or pass `ref_model`.")
     return model, processing_class
+
+
+def _teacher(args: LuneConfig, teacher_model: PreTrainedModel | str | None,
+             model) -> tuple[PreTrainedModel | None, str | None]:
+    """The frozen teacher of `negative_loss='distill'` (loaded in the model's dtype if given as an id) and its name
+    for the report, or (None, None)."""
+    teacher = teacher_model if teacher_model is not None else args.teacher_model
+    distill = args.objective == "lune" and args.negative_weight > 0 and args.negative_loss == "distill"
+    if teacher is None:
+        if distill:
+            raise ValueError("negative_loss='distill' pulls the original answers toward a teacher that never learnt "
+                             "them, but none was given: set `teacher_model` (a path or Hub id, e.g. the model "
+                             "before the fine-tune that taught it the forget set) or pass "
+                             "`LuneTrainer(teacher_model=...)`.")
+        return None, None
+    if not distill:
+        raise ValueError("A teacher model is only used by objective='lune' with negative_weight > 0 and "
+                         f"negative_loss='distill' (got objective={args.objective!r}, negative_weight="
+                         f"{args.negative_weight:g}, negative_loss={args.negative_loss!r}).")
+    if isinstance(teacher, (str, Path)):
+        name = str(teacher)
+        teacher = AutoModelForCausalLM.from_pretrained(name, dtype=model.dtype)
+    else:
+        name = getattr(teacher.config, "_name_or_path", None) or type(teacher).__name__
+    vocab = model.get_output_embeddings().weight.shape[0]
+    teacher_vocab = teacher.get_output_embeddings().weight.shape[0]
+    if vocab != teacher_vocab:
+        raise ValueError(f"The teacher model ({name}) predicts {teacher_vocab} tokens, the trained model "
+                         f"{vocab}: distillation compares their distributions token by token, so the teacher needs "
+                         "the same tokenizer (e.g. the same base model before fine-tuning).")
+    teacher.eval().requires_grad_(False)
+    return teacher, name
 
 
 def _tokenised(args: LuneConfig, tokenizer, train_dataset, retain_dataset, eval_dataset):

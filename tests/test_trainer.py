@@ -21,6 +21,7 @@ from lune_hf.evaluation import generate_answers, score_answers
 from lune_hf.logits import answer_logits, answer_window
 from lune_hf.metrics.functional import normalize_answer
 from lune_hf.report import REPORT_FILE
+from lune_hf.testing.synthetic import build_tiny_model
 
 
 def config(tmp_path: Path, **kw) -> LuneConfig:
@@ -74,7 +75,7 @@ def test_every_objective_moves_only_lora(objective, tiny, tiny_model, tmp_path):
 
 
 def _hand_loss(objective: str, model, base, batch, args: LuneConfig,
-               token_weights: torch.Tensor | None = None) -> torch.Tensor:
+               token_weights: torch.Tensor | None = None, teacher=None) -> torch.Tensor:
     """The loss recomputed from raw forward passes (base = an independent copy of the frozen model)."""
 
     def nll(m, prefix, weights=None):
@@ -85,6 +86,9 @@ def _hand_loss(objective: str, model, base, batch, args: LuneConfig,
     if args.negative_weight and args.negative_loss == "dpo":
         negative = args.negative_weight * obj.dpo(nll(model, "replacement")[1], nll(model, "forget")[1],
                                                   nll(base, "replacement")[1], nll(base, "forget")[1], args.beta)
+    elif args.negative_weight and args.negative_loss == "distill":
+        negative = args.negative_weight * obj.kl_divergence(nll(model, "forget")[0], nll(teacher, "forget")[0],
+                                                            batch["forget_labels"])
     elif args.negative_weight:
         negative = args.negative_weight * obj.npo(nll(model, "forget", token_weights)[1],
                                                   nll(base, "forget", token_weights)[1], args.beta)
@@ -152,6 +156,41 @@ def test_lune_negative_term_equals_hand_computation(negative_loss, tiny, tiny_mo
         config(tmp_path, objective="npo", negative_weight=1.0)
     with pytest.raises(ValueError, match="Unknown negative_loss 'kto'. Valid: npo, dpo"):
         config(tmp_path, objective="lune", negative_loss="kto")
+
+
+def test_lune_distillation_term_equals_hand_computation(tiny, tiny_model, tmp_path):
+    """`negative_loss='distill'`: KL(teacher || theta) on the original answer's tokens, the teacher a separate
+    model; a teacher is required, must share the vocabulary, and belongs to that term only."""
+    facts, tok = tiny
+    teacher = build_tiny_model(len(tok), hidden_size=32, layers=1, seed=7).eval()
+    args = config(tmp_path, objective="lune", negative_weight=0.8, negative_loss="distill")
+    assert "KL(teacher || theta)" in args.spec.formula and not args.spec.needs_reference
+    base = copy.deepcopy(tiny_model).eval()
+    trainer = LuneTrainer(tiny_model, args, train_dataset=rows(facts[:4]), retain_dataset=rows(facts[4:8]),
+                          processing_class=tok, teacher_model=teacher)
+    assert not any(p.requires_grad for p in trainer.teacher_model.parameters())
+    assert trainer._run_report()["hyperparameters"]["teacher_model"] == "LlamaForCausalLM"  # named in the card
+    batch = UnlearningCollator(tok.pad_token_id)([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.eval()
+    with torch.no_grad():
+        got = trainer.compute_loss(trainer.model, batch).item()
+        want = _hand_loss("lune", trainer.model, base, batch, args, teacher=teacher).item()
+        without = _hand_loss("lune", trainer.model, base, batch, config(tmp_path, objective="lune")).item()
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert want - without > 1e-3  # the term is there (a KL between two different models is positive)
+
+    with pytest.raises(ValueError, match="none was given: set `teacher_model`"):
+        LuneTrainer(build_tiny_model(len(tok), hidden_size=32, layers=1, seed=0), args,
+                    train_dataset=rows(facts[:4]), processing_class=tok)
+    with pytest.raises(ValueError, match="only used by objective='lune' with negative_weight > 0"):
+        LuneTrainer(build_tiny_model(len(tok), hidden_size=32, layers=1, seed=0), config(tmp_path, objective="npo"),
+                    train_dataset=rows(facts[:4]), processing_class=tok, teacher_model=teacher)
+    with pytest.raises(ValueError, match="is the target of negative_loss='distill'"):
+        config(tmp_path, objective="lune", negative_weight=1.0, teacher_model="some/model")
+    with pytest.raises(ValueError, match="predicts 7 tokens, the trained model"):
+        LuneTrainer(build_tiny_model(len(tok), hidden_size=32, layers=1, seed=0), args,
+                    train_dataset=rows(facts[:4]), processing_class=tok,
+                    teacher_model=build_tiny_model(7, hidden_size=32, layers=1, seed=0))
 
 
 def test_lune_push_on_specific_tokens_equals_hand_computation(tiny, tiny_model, tmp_path):
