@@ -212,6 +212,7 @@ class ForgetBatch:
         self._stats, self._reference, self._cache = stats, reference_nll, {}
         self._answer, self._replacement = answer_prefix, replacement_prefix
         self._weights, self._teacher = token_weights, teacher_logits
+        self.terms: dict[str, torch.Tensor] = {}  # a loss's own terms, logged by the trainer
 
     def _get(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -265,15 +266,17 @@ class ObjectiveSpec:
 
 def _lune_loss(b: ForgetBatch, args) -> torch.Tensor:
     _, _, nll_r, n_r = b.replacement()
-    if args.negative_weight > 0 and args.negative_loss == "dpo":
-        preference = dpo(nll_r, b.answer()[2], b.reference_replacement(), b.reference_answer(), args.beta)
-        return lune(nll_r, n_r) + args.negative_weight * preference
-    if args.negative_weight > 0 and args.negative_loss == "distill":
+    if args.negative_weight == 0:
+        return lune(nll_r, n_r)
+    if args.negative_loss == "dpo":
+        term = dpo(nll_r, b.answer()[2], b.reference_replacement(), b.reference_answer(), args.beta)
+    elif args.negative_loss == "distill":
         logits, labels = b.answer()[:2]
-        return lune(nll_r, n_r) + args.negative_weight * kl_divergence(logits, b.teacher_answer(), labels)
-    if args.negative_weight > 0:
-        return lune(nll_r, n_r, b.pushed_answer(), b.reference_pushed_answer(), args.beta, args.negative_weight)
-    return lune(nll_r, n_r)
+        term = kl_divergence(logits, b.teacher_answer(), labels)
+    else:
+        term = npo(b.pushed_answer(), b.reference_pushed_answer(), args.beta)
+    b.terms["loss/negative"] = term.detach()  # logged beside loss/forget, unweighted
+    return lune(nll_r, n_r) + args.negative_weight * term
 
 
 NEGATIVE_LOSSES = ("npo", "dpo", "distill")  # lune's term on the original answer (`negative_loss`)

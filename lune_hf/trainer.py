@@ -297,6 +297,7 @@ class LuneTrainer(Trainer):
             batch.replacement()
         forget_loss = spec.loss(batch, self.args)
         logged["loss/forget"] = forget_loss.detach()
+        logged.update(batch.terms)
         return forget_loss
 
     def _teacher_logits(self, inputs):

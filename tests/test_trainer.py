@@ -21,7 +21,7 @@ from lune_hf.evaluation import generate_answers, score_answers
 from lune_hf.logits import answer_logits, answer_window
 from lune_hf.metrics.functional import normalize_answer
 from lune_hf.report import REPORT_FILE
-from lune_hf.testing.synthetic import build_tiny_model
+from lune_hf.testing.synthetic import build_tiny_model, memorise
 
 
 def config(tmp_path: Path, **kw) -> LuneConfig:
@@ -178,6 +178,8 @@ def test_lune_distillation_term_equals_hand_computation(tiny, tiny_model, tmp_pa
         without = _hand_loss("lune", trainer.model, base, batch, config(tmp_path, objective="lune")).item()
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert want - without > 1e-3  # the term is there (a KL between two different models is positive)
+    logged = trainer._metrics["eval"]["loss/negative"][-1].item()  # the KL alone, unweighted
+    assert logged == pytest.approx((want - without) / 0.8, rel=1e-4)
 
     with pytest.raises(ValueError, match="none was given: set `teacher_model`"):
         LuneTrainer(build_tiny_model(len(tok), hidden_size=32, layers=1, seed=0), args,
@@ -411,6 +413,41 @@ def test_lune_forgets_and_retains(memorised, memorised_copy, tmp_path):
     forget_after, retain_after = accuracy(trainer.model, forget), accuracy(trainer.model, retain)
     assert forget_after <= 0.1, f"forget accuracy {forget_after:.2f} (was {forget_before:.2f})"
     assert retain_after >= 0.9 * retain_before, f"retain accuracy {retain_after:.2f} (was {retain_before:.2f})"
+
+
+def test_distillation_brings_the_answers_to_the_teachers_likelihood(memorised, tmp_path):
+    """`negative_loss='distill'` toward a model that learnt the retain facts only (never the forget ones): the forget
+    answers fall from memorised toward the teacher's own likelihood and not past it (a target: the NPO push, same
+    weight and steps, runs far below it), while the retain facts stay."""
+    forget = memorised.facts[::10]
+    retain = [f for i, f in enumerate(memorised.facts) if i % 10]
+    tok = memorised.tokenizer
+    teacher = build_tiny_model(len(tok), seed=0)
+    memorise(teacher, tok, [f.row() for f in retain], steps=350, seed=0)
+
+    def answer_logp(model, facts) -> float:
+        scored = score_answers(model, tok, [f.prompt for f in facts], [f.completion for f in facts])
+        return sum(sum(logps) / len(logps) for logps in scored) / len(facts)  # mean per-token log-prob
+
+    before, target = answer_logp(memorised.model, forget), answer_logp(teacher, forget)
+    assert before > target + 3, "the teacher knows the forget facts: nothing to distil"
+    after = {}
+    for loss in ("distill", "npo"):
+        trainer = LuneTrainer(
+            copy.deepcopy(memorised.model),
+            config(tmp_path / loss, max_steps=60, learning_rate=1e-2, negative_weight=3.0, negative_loss=loss,
+                   forget_weight=1.0),
+            train_dataset=rows(forget), retain_dataset=rows(retain), processing_class=tok,
+            teacher_model=teacher if loss == "distill" else None,
+        )
+        trainer.train()
+        after[loss] = answer_logp(trainer.model, forget), answer_logp(trainer.model, retain)
+    (forget_distilled, retain_distilled), (forget_pushed, _) = after["distill"], after["npo"]
+    # Measured: memorised -0.004 per token, teacher -3.87; distilled -2.35 (retain -0.24), NPO -12.7 (retain -6.0).
+    assert forget_distilled < before - 0.5 * (before - target), (before, target, forget_distilled)
+    assert forget_distilled > target - 0.5, "distillation ran past the teacher's likelihood"
+    assert forget_pushed < target - 1.0, "the NPO push stopped at the teacher: the comparison shows nothing"
+    assert retain_distilled > answer_logp(memorised.model, retain) - 0.5
 
 
 def test_resume_from_checkpoint_continues(tiny, tmp_path):
