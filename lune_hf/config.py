@@ -334,5 +334,7 @@ class LuneConfig(TrainingArguments):
                     term, summary = "NPO_w(y | x)", f"{summary}, each token weighted by how specific it is to them"
             spec = dataclasses.replace(spec, uses_answer=True, needs_reference=needs_reference,
                                        formula=f"{spec.formula} + {self.negative_weight:g} * {term}",
-                                       summary=f"{summary}; `negative_weight`, `negative_loss`, `negative_tokens`.")
+                                       summary=f"{summary}; `negative_weight`, `negative_loss`, "
+                                               + ("`teacher_model`." if self.negative_loss == "distill"
+                                                  else "`negative_tokens`."))
         return spec

@@ -301,6 +301,7 @@ class LuneTrainer(Trainer):
         return forget_loss
 
     def _teacher_logits(self, inputs):
+        """A function giving one group's answer logits under the frozen teacher (`negative_loss='distill'`)."""
         def logits(prefix: str) -> torch.Tensor:
             with torch.no_grad():
                 return self._logits(self.teacher_model, inputs, prefix)[0]
