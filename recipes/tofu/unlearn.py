@@ -6,7 +6,12 @@
 Every objective of `LuneConfig` works (lune, ga, graddiff, npo, simnpo, idk_nll, idk_dpo, ihl); its learning rate,
 beta and use of the retain set default to `lune_hf.tofu.train.OBJECTIVE_SETTINGS`. LUNE's negative targets are
 TOFU's refusal sentences (idontknow.jsonl when the data folder has it), or with `--replacement perturbed` TOFU's
-perturbed (wrong) answers.
+perturbed (wrong) answers. `--negative-weight` adds a term on the original answer (`--negative-loss npo`, `dpo`,
+or `distill` toward `--teacher-model`, e.g. the base model before its TOFU fine-tune):
+
+    python recipes/tofu/unlearn.py --model tofu-finetuned --forget-split forget05 --objective lune \
+        --negative-weight 3 --negative-loss distill --teacher-model HuggingFaceTB/SmolLM2-135M-Instruct \
+        --learning-rate 1e-3 --epochs 4 --retain-weight 7 --output-dir tofu-forget05-lune-distill
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import argparse
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lune_hf.objectives import OBJECTIVES
+from lune_hf.objectives import NEGATIVE_LOSSES, OBJECTIVES
 from lune_hf.tofu.data import FORGET_SPLITS, PROMPT_FORMATS, SYSTEM_PROMPT, to_rows, tofu_sets
 from lune_hf.tofu.train import unlearn
 
@@ -36,6 +41,13 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=1, help="Gradient accumulation.")
     parser.add_argument("--retain-weight", type=float, default=None, help="Weight of the retain NLL.")
     parser.add_argument("--no-retain", action="store_true", help="Do not use the retain set.")
+    parser.add_argument("--forget-weight", type=float, default=None, help="Weight of the forget term.")
+    parser.add_argument("--negative-weight", type=float, default=None, help="lune: weight of the term on the "
+                        "original answer (0: the paper's Eq. 4); see LuneConfig.negative_weight.")
+    parser.add_argument("--negative-loss", choices=NEGATIVE_LOSSES, default=None, help="lune: that term, npo "
+                        "(default), dpo, or distill (toward --teacher-model).")
+    parser.add_argument("--teacher-model", default=None, help="--negative-loss distill: a model with the same "
+                        "tokenizer that never saw TOFU, e.g. the base model of step (a).")
     parser.add_argument("--replacement", choices=("refusal", "perturbed"), default="refusal",
                         help="LUNE targets: refusals or TOFU's perturbed answers.")
     parser.add_argument("--max-length", type=int, default=512, help="Prompt + answer tokens.")
@@ -53,8 +65,9 @@ def main() -> None:
     overrides = {"retain": not args.no_retain}
     if args.learning_rate is not None:
         overrides["learning_rate"] = args.learning_rate
-    if args.retain_weight is not None:
-        overrides["retain_weight"] = args.retain_weight
+    for name in ("retain_weight", "forget_weight", "negative_weight", "negative_loss", "teacher_model"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     unlearn(model, tokenizer, forget, to_rows(sets.retain, args.prompt_format, args.system_prompt), args.objective,
