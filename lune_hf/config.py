@@ -315,12 +315,18 @@ class LuneConfig(TrainingArguments):
         return () if names in ([], ["none"]) else tuple(names)
 
     @property
+    def distills(self) -> bool:
+        """Whether training pulls the original answers toward a teacher (lune, `negative_weight` > 0,
+        `negative_loss='distill'`): the one case that loads `teacher_model`."""
+        return self.objective == "lune" and self.negative_weight > 0 and self.negative_loss == "distill"
+
+    @property
     def spec(self):
         """The [`ObjectiveSpec`] of the chosen objective (LUNE with `negative_weight` also uses the true answer)."""
         spec = OBJECTIVES[self.objective]
         if self.objective == "lune" and self.negative_weight > 0:
-            needs_reference = self.negative_loss != "distill"
-            if self.negative_loss == "distill":
+            needs_reference = not self.distills
+            if self.distills:
                 term, summary = "KL(teacher || theta)(y | x)", ("LUNE + distillation: NLL on the replacement answers, "
                                                                 "and the original answers' token distributions "
                                                                 "pulled toward a teacher that never learnt them")
@@ -335,6 +341,6 @@ class LuneConfig(TrainingArguments):
             spec = dataclasses.replace(spec, uses_answer=True, needs_reference=needs_reference,
                                        formula=f"{spec.formula} + {self.negative_weight:g} * {term}",
                                        summary=f"{summary}; `negative_weight`, `negative_loss`, "
-                                               + ("`teacher_model`." if self.negative_loss == "distill"
+                                               + ("`teacher_model`." if self.distills
                                                   else "`negative_tokens`."))
         return spec

@@ -46,10 +46,14 @@ class StepShape:
     lora_dropout: float = 0.05  # LuneConfig.lora_dropout
     lora_r: int = 16
     dtype: str = "bfloat16"
+    teacher: bool = False  # lune + `negative_loss='distill'`: a second frozen copy of the model as the teacher
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if self.teacher and (self.method != "lora" or self.objective != "lune"):
+            raise ValueError(f"teacher=True is LUNE's distillation term (method='lora', objective='lune'); got "
+                             f"method={self.method!r}, objective={self.objective!r}.")
         if self.answer_tokens is None:
             object.__setattr__(self, "answer_tokens", self.max_length // 2)
         if not 1 <= self.answer_tokens < self.max_length:
@@ -292,6 +296,14 @@ def _all_answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return out, mask
 
 
+def _all_answer_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`objectives.kl_divergence` for the same batches (every shifted label an answer token, no value reads)."""
+    vocab = logits.shape[-1]
+    logp = logits[:, :-1, :].reshape(-1, vocab).float().log_softmax(-1)
+    logq = ref_logits[:, :-1, :].reshape(-1, vocab).float().log_softmax(-1)
+    return (logq.exp() * (logq - logp)).sum(-1).mean()
+
+
 def _placeholder_tokenizer():
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
@@ -311,13 +323,14 @@ def _estimate_args(shape: StepShape, output_dir: str):
         def place_model_on_device(self) -> bool:
             return False
 
-    return EstimateConfig(output_dir=output_dir, objective=shape.objective, use_cpu=True, report_to=[],
+    distill = {"negative_weight": 1.0, "negative_loss": "distill"} if shape.teacher else {}
+    return EstimateConfig(output_dir=output_dir, objective=shape.objective, use_cpu=True, report_to=[], **distill,
                           **{CHECKPOINTING: shape.activation_checkpointing}, lora_dropout=shape.lora_dropout,
                           lora_r=shape.lora_r, lora_alpha=shape.lora_r, per_device_train_batch_size=shape.batch_size,
                           max_length=shape.max_length, disable_tqdm=True)
 
 
-def _lora_trainer(model, args, retain: bool):
+def _lora_trainer(model, args, retain: bool, teacher=None):
     """A real `LuneTrainer` around the adapted `model` (its placeholder rows are never trained on)."""
     from datasets import Dataset
 
@@ -325,7 +338,7 @@ def _lora_trainer(model, args, retain: bool):
 
     rows = Dataset.from_list([{"input_ids": [1, 1], "labels": [-100, 1]}])
     return LuneTrainer(model, args, train_dataset=rows, retain_dataset=rows if retain else None,
-                       processing_class=_placeholder_tokenizer())
+                       processing_class=_placeholder_tokenizer(), teacher_model=teacher)
 
 
 class _Step:
@@ -333,7 +346,8 @@ class _Step:
 
     `lora`: a real `LuneTrainer` around a peft model, its collator's batch and its `compute_loss`. `full` /
     `full_reference`: bf16 weights with fp32 master copies and AdamW, NLL (or NPO against a second model) over every
-    position, as full fine-tuning runs.
+    position, as full fine-tuning runs. With `shape.teacher`, the `lora` step also holds a frozen copy of the model
+    as the distillation teacher, run without gradients on the original answers.
     """
 
     def __init__(self, config, shape: StepShape, mode, device: str, workdir: str) -> None:
@@ -341,8 +355,6 @@ class _Step:
 
         from . import logits as logits_module
         from .config import CHECKPOINTING
-        from .objectives import OBJECTIVES
-
         self.shape, self.mode, self.device = shape, mode, device
         self.model, self.reference, self.trainer = self._models(config, shape, mode, device, workdir)
         self.model.train()
@@ -355,7 +367,7 @@ class _Step:
                 if shape.activation_checkpointing:
                     _enable_checkpointing(self.model, getattr(self.trainer.args, f"{CHECKPOINTING}_kwargs"))
                 with unset_fake_temporarily():
-                    features = _features(shape, OBJECTIVES[shape.objective], config.vocab_size)
+                    features = _features(shape, self.trainer.args.spec, config.vocab_size)
                     real_batch = {k: v.to(device) for k, v in self.trainer.data_collator(features).items()}
                 self.inputs = {k: mode.from_tensor(v) for k, v in real_batch.items()} if mode else real_batch
                 for key, value in self.inputs.items():
@@ -384,6 +396,8 @@ class _Step:
 
         dtype = getattr(torch, shape.dtype)
         model, reference, trainer = _build(config, dtype, mode, device), None, None
+        if shape.method == "full_reference" or shape.teacher:  # NPO's reference, or the distillation teacher
+            reference = _build(config, dtype, mode, device).requires_grad_(False)
         if shape.method == "lora":
             args = _estimate_args(shape, workdir)
             with torch.device("meta") if mode is not None else contextlib.nullcontext():
@@ -391,20 +405,19 @@ class _Step:
             for name, module in model.named_modules():  # peft skips its fp32 adapter cast on the meta device
                 if name.endswith(("lora_A.default", "lora_B.default")):
                     module.to(torch.float32)
-        elif shape.method == "full_reference":
-            reference = _build(config, dtype, mode, device).requires_grad_(False)
         if mode is not None:
             for module in (model, reference):
                 if module is not None:
                     _to_fake(module, mode)
         if shape.method == "lora":
-            trainer = _lora_trainer(model, args, shape.retain)
+            trainer = _lora_trainer(model, args, shape.retain, reference)
         return model, reference, trainer
 
     def parameters(self) -> dict[str, int]:
         return {"total": sum(p.numel() for p in self.model.parameters()),
                 "trainable": sum(p.numel() for p in self.trainable),
-                "reference": sum(p.numel() for p in self.reference.parameters()) if self.reference else 0}
+                **{"teacher" if self.shape.teacher else "reference":
+                   sum(p.numel() for p in self.reference.parameters()) if self.reference else 0}}
 
     def held(self) -> list:
         """What lives across steps (weights, master copies, optimizer states) and the batch."""
@@ -457,16 +470,16 @@ class _Step:
         from . import logits as logits_module
         from . import objectives
 
-        saved = objectives.token_logprobs, logits_module.answer_window
+        saved = objectives.token_logprobs, objectives.kl_divergence, logits_module.answer_window
         if self.mode is not None:
-            objectives.token_logprobs = _all_answer_logprobs
+            objectives.token_logprobs, objectives.kl_divergence = _all_answer_logprobs, _all_answer_kl
             logits_module.answer_window = lambda labels: self.windows[id(labels)]
         if self.trainer is not None:
             self.trainer._guard_finite = lambda model, loss: None
         try:
             yield
         finally:
-            objectives.token_logprobs, logits_module.answer_window = saved
+            objectives.token_logprobs, objectives.kl_divergence, logits_module.answer_window = saved
 
 
 def estimate_step_memory(config, shape: StepShape | None = None, *, real: bool = False,

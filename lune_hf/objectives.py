@@ -103,20 +103,12 @@ def nll(nll_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
     return (nll_sum / n_tokens.clamp(min=1)).mean()
 
 
-def lune(nll_r_sum: torch.Tensor, n_r: torch.Tensor, nll_f_sum: torch.Tensor | None = None,
-         ref_nll_f_sum: torch.Tensor | None = None, beta: float = 0.1, negative_weight: float = 0.0) -> torch.Tensor:
-    """LUNE's forget term: the replacement answer's per-token NLL, plus, with ``negative_weight`` w > 0, an NPO
-    term that pushes the original answer below its reference likelihood:
-    ``nll(y- | x) + w * -(2/beta) mean log sigmoid(beta * (l_theta(y|x) - l_ref(y|x)))``.
+def lune(nll_r_sum: torch.Tensor, n_r: torch.Tensor) -> torch.Tensor:
+    """LUNE's forget term (paper Eq. 4): the replacement answer's per-token NLL, prompt masked.
 
-    w = 0 is the paper's Eq. 4 exactly. The NPO term is bounded (at most ``(2/beta) log 2`` per row once the answer
-    sits at its reference, tending to 0 as it falls), so it cannot run away as gradient ascent does."""
-    loss = nll(nll_r_sum, n_r)
-    if negative_weight > 0:
-        if nll_f_sum is None or ref_nll_f_sum is None:
-            raise ValueError("negative_weight > 0 needs the original answers' NLL and their reference NLL.")
-        loss = loss + negative_weight * npo(nll_f_sum, ref_nll_f_sum, beta)
-    return loss
+    With `negative_weight` w > 0 the registry's lune loss adds w times a term on the original answer (NPO, DPO or
+    distillation, `negative_loss`); w = 0 is this alone."""
+    return nll(nll_r_sum, n_r)
 
 
 def gradient_ascent(nll_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:

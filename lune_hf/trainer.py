@@ -737,15 +737,14 @@ def _teacher(args: LuneConfig, teacher_model: PreTrainedModel | str | None,
     """The frozen teacher of `negative_loss='distill'` (loaded in the model's dtype if given as an id) and its name
     for the report, or (None, None)."""
     teacher = teacher_model if teacher_model is not None else args.teacher_model
-    distill = args.objective == "lune" and args.negative_weight > 0 and args.negative_loss == "distill"
     if teacher is None:
-        if distill:
+        if args.distills:
             raise ValueError("negative_loss='distill' pulls the original answers toward a teacher that never learnt "
                              "them, but none was given: set `teacher_model` (a path or Hub id, e.g. the model "
                              "before the fine-tune that taught it the forget set) or pass "
                              "`LuneTrainer(teacher_model=...)`.")
         return None, None
-    if not distill:
+    if not args.distills:
         raise ValueError("A teacher model is only used by objective='lune' with negative_weight > 0 and "
                          f"negative_loss='distill' (got objective={args.objective!r}, negative_weight="
                          f"{args.negative_weight:g}, negative_loss={args.negative_loss!r}).")

@@ -56,6 +56,7 @@ def test_cli_estimate_matches_the_real_cpu_step(config_file, tmp_path, capsys):
 @pytest.mark.parametrize("settings", [
     dict(objective="lune", retain=False, activation_checkpointing=False, lora_dropout=0.05),
     dict(method="full_reference", activation_checkpointing=False),
+    dict(objective="lune", teacher=True, retain=False, activation_checkpointing=False),
 ])
 def test_estimate_matches_the_real_cpu_step(settings):
     shape = StepShape(**settings, batch_size=2, max_length=64, answer_tokens=16)
@@ -64,6 +65,11 @@ def test_estimate_matches_the_real_cpu_step(settings):
     assert relative_error(fake.peak_bytes, real.peak_bytes) < 0.05, (fake.peak_bytes, real.peak_bytes)
     if shape.method == "full_reference":
         assert fake.parameters["reference"] == fake.parameters["total"]  # a whole second model
+    if shape.teacher:  # a frozen copy of the base model, and the step that reads it
+        assert fake.parameters["teacher"] == fake.parameters["total"] - fake.parameters["trainable"]
+        alone = estimate_step_memory(LlamaConfig(**SMALL), StepShape(**{**settings, "teacher": False}, batch_size=2,
+                                                                      max_length=64, answer_tokens=16))
+        assert fake.peak_bytes > alone.peak_bytes + 2 * fake.parameters["teacher"]  # bf16 weights, at least
 
 
 def test_checkpointing_and_dropout_move_the_estimate_as_measured():
@@ -107,6 +113,8 @@ def test_bad_input_is_named(tmp_path, capsys):
         StepShape(max_length=64, answer_tokens=64)
     with pytest.raises(ValueError, match="method"):
         StepShape(method="qlora")
+    with pytest.raises(ValueError, match="teacher=True"):
+        StepShape(objective="npo", teacher=True)
     assert main(["estimate-memory", str(tmp_path / "missing")]) == 2
     assert "lune-hf estimate-memory: error:" in capsys.readouterr().err
 

@@ -28,6 +28,8 @@ def cmd_estimate_memory(argv: Sequence[str]) -> int:
     parser.add_argument("--method", default="lora", choices=list(METHODS),
                         help="lora (LuneTrainer), full (full fine-tuning), full_reference (full NPO with a second "
                              "model).")
+    parser.add_argument("--teacher", action="store_true",
+                        help="lune with negative_loss='distill': also hold the frozen teacher (a copy of the model).")
     parser.add_argument("--no-checkpointing", action="store_true", help="Activation checkpointing off.")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05).")
     parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16).")
@@ -49,9 +51,10 @@ def cmd_estimate_memory(argv: Sequence[str]) -> int:
                       batch_size=args.batch_size, max_length=args.max_length,
                       answer_tokens=args.answer_tokens,
                       activation_checkpointing=not args.no_checkpointing, lora_dropout=args.lora_dropout,
-                      lora_r=args.lora_r, dtype=args.dtype)
+                      lora_r=args.lora_r, dtype=args.dtype, teacher=args.teacher)
     print(f"Estimating one {shape.method} step of {args.model} ({shape.objective}"
-          f"{' + retain' if shape.retain else ''}, batch {shape.batch_size} x {shape.max_length}) ...", flush=True)
+          f"{' + retain' if shape.retain else ''}{' + teacher' if shape.teacher else ''}, "
+          f"batch {shape.batch_size} x {shape.max_length}) ...", flush=True)
     estimate = estimate_step_memory(config, shape)
     baseline = None if args.no_baseline or shape.method != "lora" else estimate_step_memory(
         config, StepShape(method="full", batch_size=shape.batch_size, max_length=shape.max_length,
@@ -73,7 +76,9 @@ def _print_estimate(estimate, baseline, gpus: list[float]) -> dict[str, bool]:
     rows = [("weights (parameters)", parts.get("Parameter", 0) + parts.get("Buffer", 0)),
             ("gradients", parts.get("Gradient", 0)), ("optimizer states", parts.get("Optstate", 0)),
             ("activations", parts.get("Activation", 0) + parts.get("Temp", 0)), ("other", parts.get("Other", 0))]
-    print(f"\nparameters: {estimate.parameters['total']:,} ({estimate.parameters['trainable']:,} trained)")
+    teacher = estimate.parameters.get("teacher")
+    print(f"\nparameters: {estimate.parameters['total']:,} ({estimate.parameters['trainable']:,} trained)"
+          + (f", teacher {teacher:,} (frozen)" if teacher else ""))
     print("at the peak of the step:")
     for name, value in rows:
         print(f"  {name:<22}{format_bytes(value):>12}")
