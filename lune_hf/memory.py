@@ -355,6 +355,7 @@ class _Step:
 
         from . import logits as logits_module
         from .config import CHECKPOINTING
+
         self.shape, self.mode, self.device = shape, mode, device
         self.model, self.reference, self.trainer = self._models(config, shape, mode, device, workdir)
         self.model.train()

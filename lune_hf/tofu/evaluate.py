@@ -129,7 +129,7 @@ def _avg_nll(entry: Mapping[str, Any]) -> float:
 def _truth_ratios(rows: Sequence[Mapping[str, Any]], correct_key: str) -> list[float]:
     ratios = []
     for row in rows:
-        correct = np.exp(-_avg_nll(row.get(correct_key, row["answer"])))
+        correct = np.exp(-_avg_nll(row[correct_key] if correct_key in row else row["answer"]))
         wrong = np.exp(-np.mean([_avg_nll(p) for p in row["perturbed"]]))
         ratios.append(float(wrong / (correct + F.EPS)))
     return ratios
