@@ -17,13 +17,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import ks_2samp
+from tofu import row_path  # benchmarks/tofu.py: where its stage cache keeps each row
 
-from lune_hf.evaluation import score_examples
 from lune_hf.tofu.data import tofu_sets
-from lune_hf.tofu.evaluate import _truth_ratios
-from lune_hf.tofu.template import TofuTemplate
-
-ROWS = Path.home() / ".cache" / "lune_hf" / "tofu" / "cpu" / "rows"
+from lune_hf.tofu.evaluate import _truth_ratios, score_logs
 
 
 def base_truth_ratios(data: str, split: str, model_path: str) -> np.ndarray:
@@ -31,22 +28,9 @@ def base_truth_ratios(data: str, split: str, model_path: str) -> np.ndarray:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rows = tofu_sets(data, split, retain_authors=range(20)).forget
-    template, tokenizer = TofuTemplate(), AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    jobs, examples = [], []
-    for i, row in enumerate(rows):
-        answers = [("paraphrased", row["paraphrased_answer"])] + [("perturbed", a) for a in row["perturbed_answer"]]
-        for kind, text in answers:
-            jobs.append((i, kind))
-            examples.append(template.encode(tokenizer, row["question"], text, 512))
-    logs: list[dict] = [{} for _ in rows]
-    for (i, kind), (logprobs, hits) in zip(jobs, score_examples(model, examples, tokenizer.pad_token_id,
-                                                                  batch_size=32), strict=True):
-        entry = {"logprobs": logprobs, "hits": hits}
-        if kind == "perturbed":
-            logs[i].setdefault("perturbed", []).append(entry)
-        else:
-            logs[i][kind] = entry
+    logs = score_logs(model, tokenizer, {"forget": rows})["forget"]
     return np.array(_truth_ratios(logs, "paraphrased"))
 
 
@@ -54,6 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="TOFU data folder (or Hub id).")
     parser.add_argument("--split", default="forget05", help="forget01 or forget05 (default forget05).")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "lune_hf" / "tofu" / "cpu",
+                        help="benchmarks/tofu.py's stage cache (default: ~/.cache/lune_hf/tofu/cpu).")
     parser.add_argument("--model", default=None, help="Base model folder (default: SmolLM2-135M-Instruct, built "
                                                       "offline by lune_hf.testing.smollm2).")
     args = parser.parse_args()
@@ -62,7 +48,7 @@ def main() -> None:
         args.model = str(prepare_smollm2())
 
     def ratios(name: str) -> np.ndarray:
-        return np.array(json.loads((ROWS / f"{args.split}__{name}.json").read_text())["forget_truth_ratios"])
+        return np.array(json.loads(row_path(args.cache_dir, args.split, name).read_text())["forget_truth_ratios"])
 
     retain, finetuned = ratios("retain"), ratios("finetuned")
     base = base_truth_ratios(args.data, args.split, args.model)
@@ -72,7 +58,7 @@ def main() -> None:
     for a in np.round(np.arange(0.0, 1.51, 0.1), 1):
         print(f"  {a:.1f}  {ks_2samp(finetuned ** (1 - a) * base ** a, retain).pvalue:.3g}")
     span = np.log(np.median(base) / np.median(finetuned))
-    for path in sorted(ROWS.glob(f"{args.split}__lune_*negative_loss=distill*.json")):
+    for path in sorted((args.cache_dir / "rows").glob(f"{args.split}__lune_*negative_loss=distill*.json")):
         row = json.loads(path.read_text())
         a = np.log(np.median(row["forget_truth_ratios"]) / np.median(finetuned)) / span
         print(f"{row['variant']}: a = {a:.2f}, forget quality {row['forget_quality']:.3g}")

@@ -298,10 +298,11 @@ def _all_answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
 
 def _all_answer_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """`objectives.kl_divergence` for the same batches (every shifted label an answer token, no value reads)."""
+    from .objectives import token_kl
+
     vocab = logits.shape[-1]
-    logp = logits[:, :-1, :].reshape(-1, vocab).float().log_softmax(-1)
-    logq = ref_logits[:, :-1, :].reshape(-1, vocab).float().log_softmax(-1)
-    return (logq.exp() * (logq - logp)).sum(-1).mean()
+    return token_kl(logits[:, :-1, :].reshape(-1, vocab).float(),
+                    ref_logits[:, :-1, :].reshape(-1, vocab).float()).mean()
 
 
 def _placeholder_tokenizer():

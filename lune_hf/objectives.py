@@ -160,15 +160,20 @@ def inverted_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(ref || theta)`` over the vocabulary, one value per row of [N, V] logits."""
+    logp = logits.log_softmax(-1)
+    logq = ref_logits.log_softmax(-1)
+    return (logq.exp() * (logq - logp)).sum(-1)
+
+
 def kl_divergence(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``KL(ref || theta)`` over the vocabulary at each answer position, averaged per sequence then over the batch."""
     sel_logits, _, mask = _shift(logits, labels)
     sel_ref, _, _ = _shift(ref_logits, labels)
     out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     if sel_logits.numel():
-        logp = sel_logits.log_softmax(-1)
-        logq = sel_ref.log_softmax(-1)
-        out[mask] = (logq.exp() * (logq - logp)).sum(-1)
+        out[mask] = token_kl(sel_logits, sel_ref)
     return _per_sequence_mean(out, mask)
 
 

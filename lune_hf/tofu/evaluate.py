@@ -56,22 +56,19 @@ MIN_K = 0.4
 GENERATED_SETS = ("forget", "retain", "real_authors", "world_facts")
 
 
-def collect_logs(
+def score_logs(
     model,
     tokenizer,
-    sets: TofuSets,
+    eval_sets: Mapping[str, Sequence[Mapping[str, Any]]],
     template: TofuTemplate | None = None,
     *,
-    max_new_tokens: int = 200,
     batch_size: int = 32,
     max_length: int = 512,
     progress: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per set and row: ``{"answer": {"logprobs", "hits"}, "paraphrased": ..., "perturbed": [...], "generation",
-    "ground_truth"}`` (``paraphrased`` / ``perturbed`` where the set has them; generations for every set but the
-    holdout, which only serves the membership test). JSON-serialisable."""
+    """Per set and row, the teacher-forced scores: ``{"answer": {"logprobs", "hits"}, "paraphrased": ...,
+    "perturbed": [...]}`` (``paraphrased`` / ``perturbed`` where the set has them)."""
     template = template or TofuTemplate()
-    eval_sets = sets.eval_sets
     jobs: list[tuple[str, int, str]] = []
     examples: list[dict[str, list[int]]] = []
     for name, rows in eval_sets.items():
@@ -96,7 +93,26 @@ def collect_logs(
             logs[name][i].setdefault("perturbed", []).append(entry)
         else:
             logs[name][i][kind] = entry
+    return logs
 
+
+def collect_logs(
+    model,
+    tokenizer,
+    sets: TofuSets,
+    template: TofuTemplate | None = None,
+    *,
+    max_new_tokens: int = 200,
+    batch_size: int = 32,
+    max_length: int = 512,
+    progress: bool = True,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per set and row: [`score_logs`]'s scores plus ``"generation"`` and ``"ground_truth"`` (generations for every
+    set but the holdout, which only serves the membership test). JSON-serialisable."""
+    template = template or TofuTemplate()
+    eval_sets = sets.eval_sets
+    logs = score_logs(model, tokenizer, eval_sets, template, batch_size=batch_size, max_length=max_length,
+                      progress=progress)
     generated = [(name, i, row) for name in GENERATED_SETS if name in eval_sets
                  for i, row in enumerate(eval_sets[name])]
     prompts = [template.prompt_ids(tokenizer, row["question"]) for _, _, row in generated]
