@@ -36,11 +36,15 @@ def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_pat
     assert main(["eval", "--model", str(demo_files / "base_model"), "--adapter", str(out),
                  "--forget", str(demo_files / "data" / "forget.jsonl"),
                  "--retain", str(demo_files / "data" / "retain.jsonl"),
-                 "--max-new-tokens", "6", "--json", str(results)]) == 0
+                 "--max-rows", "32", "--json", str(results)]) == 0
     payload = json.loads(results.read_text())
     assert payload["rows"] == {"forget": 12, "retain": 108}
     assert payload["results"]["forget/exact_match"] <= 0.1
     assert payload["results"]["retain/exact_match"] >= 0.9
+    # the report's "after" is what the saved adapter measures once reloaded (the checks' rows: at most 32 a set)
+    after = report["evaluation"]["after"]
+    assert set(after) <= set(payload["results"])
+    assert {k: payload["results"][k] for k in after} == pytest.approx(after, abs=1e-4)
     assert "forget/rouge_l" in capsys.readouterr().out
 
 
