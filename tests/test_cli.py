@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import runpy
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lune_hf.cli import main
+from lune_hf.config import LuneConfig
 from lune_hf.report import MARKDOWN_FILE, PLOT_FILE, REPORT_FILE, read_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,16 +38,23 @@ def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_pat
     assert main(["eval", "--model", str(demo_files / "base_model"), "--adapter", str(out),
                  "--forget", str(demo_files / "data" / "forget.jsonl"),
                  "--retain", str(demo_files / "data" / "retain.jsonl"),
-                 "--max-rows", "32", "--json", str(results)]) == 0
+                 "--max-new-tokens", "6", "--json", str(results)]) == 0
     payload = json.loads(results.read_text())
     assert payload["rows"] == {"forget": 12, "retain": 108}
     assert payload["results"]["forget/exact_match"] <= 0.1
     assert payload["results"]["retain/exact_match"] >= 0.9
-    # the report's "after" is what the saved adapter measures once reloaded (the checks' rows: at most 32 a set)
-    after = report["evaluation"]["after"]
-    assert set(after) <= set(payload["results"])
-    assert {k: payload["results"][k] for k in after} == pytest.approx(after, abs=1e-4)
     assert "forget/rouge_l" in capsys.readouterr().out
+
+    # the report's "after" is what the saved adapter measures once reloaded, on the checks' rows and settings
+    check_rows = next(f.default for f in dataclasses.fields(LuneConfig) if f.name == "forget_eval_max_rows")
+    assert main(["eval", "--model", str(demo_files / "base_model"), "--adapter", str(out),
+                 "--forget", str(demo_files / "data" / "forget.jsonl"),
+                 "--retain", str(demo_files / "data" / "retain.jsonl"),
+                 "--max-rows", str(check_rows), "--json", str(results)]) == 0
+    reloaded = json.loads(results.read_text())["results"]
+    after = report["evaluation"]["after"]
+    assert set(after) <= set(reloaded)
+    assert {k: reloaded[k] for k in after} == pytest.approx(after, abs=1e-4)
 
 
 def test_train_names_a_missing_column(demo_files, tmp_path, capsys):
