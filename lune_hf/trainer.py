@@ -506,7 +506,8 @@ class LuneTrainer(Trainer):
         )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save adapter and tokenizer, then the unlearning report (written last: a report means a complete folder).
+        """Save adapter and tokenizer, then the model card and the unlearning report (written last: a report means a
+        complete folder).
 
         The report lists the files this save wrote (`files`): `publish` uploads those and nothing older. The Hub
         token is never written (`training_args.bin` is saved without it)."""
@@ -523,6 +524,7 @@ class LuneTrainer(Trainer):
         if self.is_world_process_zero():
             report = self._run_report()
             write_report_files(output_dir, report)
+            self._write_card(folder, report)  # the unlearning card in place of peft's placeholder README.md
             written = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
                        and before.get(p.name) != p.stat().st_mtime_ns]
             report["files"] = sorted({*written, REPORT_FILE})
@@ -544,16 +546,21 @@ class LuneTrainer(Trainer):
     def create_model_card(self, **kwargs: Any) -> None:
         """Write the unlearning model card (the one `publish` uploads) as `README.md` in `output_dir`. Accepts and
         ignores the keyword arguments transformers and TRL pass (`dataset_name`, `tags`, ...)."""
-        from .card import render_card
-        from .report import PLOT_FILE, read_report
+        from .report import read_report
 
         folder = Path(self.args.output_dir)
         report = read_report(folder)
         if report is None:
             raise FileNotFoundError(f"{folder}: no {REPORT_FILE} yet; call save_model() first.")
+        self._write_card(folder, report, license=kwargs.get("license"))
+
+    def _write_card(self, folder: Path, report: dict[str, Any], license: str | None = None) -> None:
+        from .card import render_card
+        from .report import PLOT_FILE
+
         repo_id = self.args.hub_model_id or folder.absolute().name
-        card = render_card(report, repo_id=repo_id, base_model=report.get("base_model"),
-                           license=kwargs.get("license"), has_plot=(folder / PLOT_FILE).is_file())
+        card = render_card(report, repo_id=repo_id, base_model=report.get("base_model"), license=license,
+                           has_plot=(folder / PLOT_FILE).is_file())
         card.save(folder / "README.md")
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,

@@ -98,6 +98,12 @@ def test_demo_meets_its_thresholds(demo_run):
     assert "forget/exact_match" in out and "sample answers" in out and MARKDOWN_FILE in out
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", REPORT_FILE, PLOT_FILE):
         assert (result.output_dir / name).is_file(), name
+    # the folder's README.md is the unlearning card with the run's numbers, not peft's placeholder
+    card = (result.output_dir / "README.md").read_text(encoding="utf-8")
+    key = "forget/exact_match"
+    assert f"| {key} | {result.before[key]:.3f} | {result.after[key]:.3f} |" in card
+    assert "Model Card for Model ID" not in card
+    assert "README.md" in read_report(result.output_dir)["files"]
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "eval", "card", "publish", "pull", "estimate-memory"])
