@@ -85,7 +85,12 @@ class LuneConfig(TrainingArguments):
                   "wrong answers phrased alike) is not. Experimental: on TOFU forget05 it forgot less than `all` "
                   "and cost more utility on questions no retain row covers (benchmarks/results/tofu_cpu_notes.md)."},
     )
-    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term in the total loss."})
+    forget_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the whole forget term in the total loss: for lune it multiplies the replacement "
+                  "answer's NLL and `negative_weight` times the term on the original answer alike (to weaken the "
+                  "replacement alone, lower `forget_weight` and raise `negative_weight` by the same factor)."},
+    )
     preserve_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of an answer-preservation term on the retain rows (needs a retain set with prompts): "
