@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import runpy
 import sys
@@ -35,10 +34,10 @@ def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_pat
     assert (out / "adapter_model.safetensors").is_file() and (out / MARKDOWN_FILE).is_file()
 
     results = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(demo_files / "base_model"), "--adapter", str(out),
+    eval_args = ["eval", "--model", str(demo_files / "base_model"), "--adapter", str(out),
                  "--forget", str(demo_files / "data" / "forget.jsonl"),
-                 "--retain", str(demo_files / "data" / "retain.jsonl"),
-                 "--max-new-tokens", "6", "--json", str(results)]) == 0
+                 "--retain", str(demo_files / "data" / "retain.jsonl"), "--json", str(results)]
+    assert main([*eval_args, "--max-new-tokens", "6"]) == 0
     payload = json.loads(results.read_text())
     assert payload["rows"] == {"forget": 12, "retain": 108}
     assert payload["results"]["forget/exact_match"] <= 0.1
@@ -46,11 +45,7 @@ def test_train_reads_the_recipe_and_flags_then_eval_measures(demo_files, tmp_pat
     assert "forget/rouge_l" in capsys.readouterr().out
 
     # the report's "after" is what the saved adapter measures once reloaded, on the checks' rows and settings
-    check_rows = next(f.default for f in dataclasses.fields(LuneConfig) if f.name == "forget_eval_max_rows")
-    assert main(["eval", "--model", str(demo_files / "base_model"), "--adapter", str(out),
-                 "--forget", str(demo_files / "data" / "forget.jsonl"),
-                 "--retain", str(demo_files / "data" / "retain.jsonl"),
-                 "--max-rows", str(check_rows), "--json", str(results)]) == 0
+    assert main([*eval_args, "--max-rows", str(LuneConfig.forget_eval_max_rows)]) == 0
     reloaded = json.loads(results.read_text())["results"]
     after = report["evaluation"]["after"]
     assert set(after) <= set(reloaded)
