@@ -50,19 +50,24 @@ def unverified_reason(report: dict[str, Any]) -> str:
     return f"its verdict is '{outcome['verdict'].replace('_', ' ')}' (target {outcome.get('target')})"
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over `path`."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary file in the same folder, then rename it over `path`: a reader sees the old file or
+    the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON atomically (see `write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_report(folder: str | Path) -> dict[str, Any] | None:
@@ -308,7 +313,5 @@ def write_report_files(folder: str | Path, report: dict[str, Any]) -> tuple[Path
     folder = Path(folder)
     plot = plot_history(report.get("evaluation", {}).get("history", []), folder / PLOT_FILE)
     md_path = folder / MARKDOWN_FILE
-    tmp = md_path.with_name(f".{md_path.name}.tmp")
-    tmp.write_text(render_markdown(report, plot.name if plot else None), encoding="utf-8")
-    tmp.replace(md_path)
+    write_text_atomic(md_path, render_markdown(report, plot.name if plot else None))
     return md_path, plot

@@ -49,7 +49,15 @@ from .data import (
 )
 from .logits import answer_logits
 from .outcome import Outcome
-from .report import ADAPTER_WEIGHTS, REPORT_FILE, RunStatus, build_run_report, write_json_atomic, write_report_files
+from .report import (
+    ADAPTER_WEIGHTS,
+    REPORT_FILE,
+    RunStatus,
+    build_run_report,
+    write_json_atomic,
+    write_report_files,
+    write_text_atomic,
+)
 from .snapshot import load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
@@ -561,7 +569,7 @@ class LuneTrainer(Trainer):
         repo_id = self.args.hub_model_id or folder.absolute().name
         card = render_card(report, repo_id=repo_id, base_model=report.get("base_model"), license=license,
                            has_plot=(folder / PLOT_FILE).is_file())
-        card.save(folder / "README.md")
+        write_text_atomic(folder / "README.md", str(card))  # never a half-written card beside a report
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
                     token: str | None = None, revision: str | None = None, private: bool | None = None,

@@ -18,6 +18,7 @@ from conftest import Poison, rows
 from datasets import Dataset
 from filelock import FileLock
 from fixtures_hub import FAKE_HUB_TOKEN
+from huggingface_hub import ModelCard
 from transformers import TrainerCallback
 
 from lune_hf import LuneConfig, LuneTrainer
@@ -70,6 +71,23 @@ def test_1_a_failing_run_never_replaces_a_finished_one(tiny, tiny_model, tmp_pat
     with pytest.raises(NonFiniteLossError):
         trainer.train()
     assert read_report(out)["status"] == "failed"
+
+
+def test_1_a_card_that_fails_to_write_leaves_the_previous_card_whole(tiny, tiny_model, tmp_path, monkeypatch):
+    facts, tok = tiny
+    out = tmp_path / "run"
+    trainer = _run(tiny_model, facts, tok, out)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "forget" in card
+
+    unwritable = ModelCard("---\nlicense: mit\n---\n\ud800")  # cannot be encoded: the write fails part-way
+    monkeypatch.setattr("lune_hf.card.render_card", lambda *a, **k: unwritable)
+    with pytest.raises(UnicodeEncodeError):
+        trainer.save_model()
+    after = (out / "README.md").read_text(encoding="utf-8")
+    # peft's save refreshes the front matter of an existing card; the body, the run's card, stays whole
+    assert after.split("\n---\n", 1)[1] == card.split("\n---\n", 1)[1]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_2_a_reused_folder_is_refused_unless_overwritten_and_checkpoints_never_mix(tiny, tiny_model, tmp_path):

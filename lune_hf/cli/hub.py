@@ -46,7 +46,7 @@ def cmd_publish(argv: Sequence[str]) -> int:
 def cmd_card(argv: Sequence[str]) -> int:
     from ..card import render_card
     from ..hub import check_output_dir, resolve_base_model
-    from ..report import PLOT_FILE
+    from ..report import PLOT_FILE, write_text_atomic
 
     parser = CommandParser(prog="lune-hf card", description="Render the model card publish would "
                                      "upload, to read it first.")
@@ -65,7 +65,7 @@ def cmd_card(argv: Sequence[str]) -> int:
     card = render_card({**report, "base_model": base}, repo_id=args.repo_id, base_model=base,
                        summary=args.summary, license=args.license, has_plot=(folder / PLOT_FILE).is_file())
     if args.output:
-        card.save(args.output)
+        write_text_atomic(Path(args.output), str(card))
     else:
         print(str(card))
     return 0
