@@ -20,7 +20,7 @@ from scipy.stats import ks_2samp
 from tofu import row_path  # benchmarks/tofu.py: where its stage cache keeps each row
 
 from lune_hf.tofu.data import tofu_sets
-from lune_hf.tofu.evaluate import _truth_ratios, score_logs
+from lune_hf.tofu.evaluate import row_truth_ratios, score_logs
 
 
 def base_truth_ratios(data: str, split: str, model_path: str) -> np.ndarray:
@@ -31,7 +31,7 @@ def base_truth_ratios(data: str, split: str, model_path: str) -> np.ndarray:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     logs = score_logs(model, tokenizer, {"forget": rows})["forget"]
-    return np.array(_truth_ratios(logs, "paraphrased"))
+    return np.array(row_truth_ratios(logs, "paraphrased"))
 
 
 def main() -> None:

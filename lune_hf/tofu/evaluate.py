@@ -142,7 +142,9 @@ def _avg_nll(entry: Mapping[str, Any]) -> float:
     return -float(np.mean(entry["logprobs"]))
 
 
-def _truth_ratios(rows: Sequence[Mapping[str, Any]], correct_key: str) -> list[float]:
+def row_truth_ratios(rows: Sequence[Mapping[str, Any]], correct_key: str) -> list[float]:
+    """Each scored row's raw truth ratio: the perturbed answers' geometric-mean normalised probability over that of
+    `correct_key` (the paraphrased answer on forget and retain, the answer elsewhere), before aggregation."""
     ratios = []
     for row in rows:
         correct = np.exp(-_avg_nll(row[correct_key] if correct_key in row else row["answer"]))
@@ -186,7 +188,7 @@ def tofu_metrics(
         else:
             result[f"{name}_probability"] = float(np.mean(gold))
         if has_perturbed:
-            ratios = np.asarray(_truth_ratios(rows, "paraphrased" if name in ("forget", "retain") else "answer"))
+            ratios = np.asarray(row_truth_ratios(rows, "paraphrased" if name in ("forget", "retain") else "answer"))
             if name == "forget":
                 result["forget_truth_ratios"] = ratios.tolist()
                 result[f"{name}_truth_ratio"] = float(np.mean(np.minimum(ratios, 1 / (ratios + F.EPS))))
