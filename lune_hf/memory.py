@@ -358,7 +358,8 @@ class _Step:
         from .config import CHECKPOINTING
 
         self.shape, self.mode, self.device = shape, mode, device
-        self.model, self.reference, self.trainer = self._models(config, shape, mode, device, workdir)
+        # `frozen`: the second, gradient-free model (NPO's reference, or the distillation teacher), or None
+        self.model, self.frozen, self.trainer = self._models(config, shape, mode, device, workdir)
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.windows: dict[int, int] = {}  # answer windows (data-dependent): from the real labels, by fake tensor
@@ -397,9 +398,9 @@ class _Step:
         from .trainer import attach_adapter
 
         dtype = getattr(torch, shape.dtype)
-        model, reference, trainer = _build(config, dtype, mode, device), None, None
+        model, frozen, trainer = _build(config, dtype, mode, device), None, None
         if shape.method == "full_reference" or shape.teacher:  # NPO's reference, or the distillation teacher
-            reference = _build(config, dtype, mode, device).requires_grad_(False)
+            frozen = _build(config, dtype, mode, device).requires_grad_(False)
         if shape.method == "lora":
             args = _estimate_args(shape, workdir)
             with torch.device("meta") if mode is not None else contextlib.nullcontext():
@@ -408,24 +409,24 @@ class _Step:
                 if name.endswith(("lora_A.default", "lora_B.default")):
                     module.to(torch.float32)
         if mode is not None:
-            for module in (model, reference):
+            for module in (model, frozen):
                 if module is not None:
                     _to_fake(module, mode)
         if shape.method == "lora":
-            trainer = _lora_trainer(model, args, shape.retain, reference)
-        return model, reference, trainer
+            trainer = _lora_trainer(model, args, shape.retain, frozen)
+        return model, frozen, trainer
 
     def parameters(self) -> dict[str, int]:
         return {"total": sum(p.numel() for p in self.model.parameters()),
                 "trainable": sum(p.numel() for p in self.trainable),
                 **{"teacher" if self.shape.teacher else "reference":
-                   sum(p.numel() for p in self.reference.parameters()) if self.reference else 0}}
+                   sum(p.numel() for p in self.frozen.parameters()) if self.frozen else 0}}
 
     def held(self) -> list:
         """What lives across steps (weights, master copies, optimizer states) and the batch."""
         states = [t for state in self.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
         weights = [*self.model.parameters(), *self.model.buffers()]
-        weights += list(self.reference.parameters()) if self.reference is not None else []
+        weights += list(self.frozen.parameters()) if self.frozen is not None else []
         return [*weights, *self.master, *states]
 
     def run(self, mark: Callable[[str], None], tag_grad: Callable[[torch.Tensor], None]) -> None:
@@ -456,10 +457,10 @@ class _Step:
         def nll(m) -> torch.Tensor:
             return sequence_nll(m(input_ids=ids, use_cache=False).logits[:, :-1], ids[:, 1:])[0]
 
-        if self.reference is None:
+        if self.frozen is None:
             return nll(self.model).mean()
         with torch.no_grad():
-            ref_nll = nll(self.reference)
+            ref_nll = nll(self.frozen)
         mark("reference")
         return npo(nll(self.model), ref_nll, 0.1)
 
