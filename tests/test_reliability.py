@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,10 @@ def test_1_a_card_that_fails_to_write_leaves_the_previous_card_whole(tiny, tiny_
     # peft's save refreshes the front matter of an existing card; the body, the run's card, stays whole
     assert after.split("\n---\n", 1)[1] == card.split("\n---\n", 1)[1]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("README.md", REPORT_FILE):  # written like any file: readable by whom the umask allows
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_2_a_reused_folder_is_refused_unless_overwritten_and_checkpoints_never_mix(tiny, tiny_model, tmp_path):
