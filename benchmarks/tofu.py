@@ -231,10 +231,10 @@ def digest(payload: Any) -> str:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomically, as lune_hf writes its reports; numpy scalars as numbers."""
+    from lune_hf.report import write_text_atomic  # lazily: lune_hf imports torch, after the thread settings
+
+    write_text_atomic(path, json.dumps(payload, indent=2, default=float) + "\n")
 
 
 def _round(value: float | None) -> float | None:
