@@ -229,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.write_text(json.dumps(report, indent=1), encoding="utf-8")
     if dist.is_initialized():
         dist.barrier()
+    state.destroy_process_group()
     return report
 
 

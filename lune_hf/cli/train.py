@@ -57,5 +57,8 @@ def cmd_train(argv: Sequence[str]) -> int:
     trainer.save_model()
     if trainer.is_world_process_zero():
         print(f"Adapter and unlearning report saved to {config.output_dir}")
+    # Under `accelerate launch`, tear the process group down before exit: a rank that exits with gloo's threads
+    # still running can abort ("terminate called without an active exception") and fail a finished run.
+    trainer.accelerator.end_training()
     return 0
 
