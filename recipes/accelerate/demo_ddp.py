@@ -69,6 +69,7 @@ def main() -> None:
         print(f"{'metric':<28}{'before':>10}{'after':>10}")
         for key in sorted(k for k in before if k != "step"):
             print(f"{key:<28}{before[key]:>10.4f}{after[key]:>10.4f}")
+    trainer.accelerator.end_training()  # destroy the process group: every rank exits cleanly
 
 
 if __name__ == "__main__":
